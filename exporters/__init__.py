@@ -1,0 +1,1 @@
+"""Export pruned models: ONNX (with a parity gate against PyTorch) and TensorRT engines."""

@@ -1,0 +1,1 @@
+"""Measure latency and accuracy of exported models on any device: needs only numpy and an inference runtime."""

@@ -1,0 +1,277 @@
+"""Inference backends: one small class per runtime, opened by name through `open_backend`.
+
+Runtimes are imported lazily inside the backend so that `import runtime_bench` needs only numpy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from runtime_bench.errors import InputError
+
+FAKE_BACKEND_NAME = "fake-sleep-for-tests"
+
+
+def _first_line(text: str, limit: int = 200) -> str:
+    """First non-empty line of an error text, shortened: runtime errors can be pages long."""
+    for line in str(text).splitlines():
+        line = line.strip()
+        if line:
+            # "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : ..." -> keep the part after the status code.
+            line = re.sub(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*", "", line)
+            return line if len(line) <= limit else line[: limit - 3] + "..."
+    return "no details"
+
+
+def _check_model_file(model_path: Any) -> str:
+    path = os.fspath(model_path)
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file")
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: not a file")
+    return path
+
+
+def _check_threads(threads: int | None) -> int | None:
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise InputError(f"threads={threads!r}: must be a positive integer (or None for the runtime default)")
+    return int(threads)
+
+
+class Backend:
+    """What the harness needs from a runtime: run one batch, and describe itself.
+
+    Subclasses set `name`, `input_name` and `input_shape` (batch dim may be None or a symbolic str).
+    """
+
+    name = "backend"
+
+    def __init__(self) -> None:
+        self.input_name = "input"
+        self.input_shape: list[Any] = []
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Run the model on `batch` and return the first output (float32 logits)."""
+        raise NotImplementedError
+
+    def prepare(self, batch: np.ndarray) -> Callable[[], np.ndarray]:
+        """Return a zero-argument callable that runs the model once on `batch`.
+
+        The timing code times the callable, so anything that is not inference (dtype conversion,
+        building the feed) belongs here, outside the timed call.
+        """
+        prepared = np.ascontiguousarray(batch, dtype=np.float32)
+        return lambda: self.run(prepared)
+
+    def info(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class OrtCpuBackend(Backend):
+    """onnxruntime on the CPU execution provider, configured for repeatable single-stream latency."""
+
+    name = "ort-cpu"
+    providers = ["CPUExecutionProvider"]
+    package = "onnxruntime"
+
+    def __init__(self, model_path: Any, threads: int | None = None) -> None:
+        super().__init__()
+        ort = _import_onnxruntime(self.name, self.package)
+        self.model_path = _check_model_file(model_path)
+        self.threads = _check_threads(threads)
+        self._ort_version = getattr(ort, "__version__", "unknown")
+
+        options = ort.SessionOptions()
+        if self.threads is not None:
+            options.intra_op_num_threads = self.threads
+        # One inter-op thread and sequential execution: parallel branches would add scheduling noise.
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Errors are reported by us in one line; runtime warnings on stderr would only add noise.
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(
+                self.model_path, sess_options=options, providers=self.providers
+            )
+        except Exception as exc:  # onnxruntime raises several unrelated types for unloadable files
+            raise InputError(f"{self.model_path}: not a loadable ONNX model ({_first_line(exc)})") from None
+
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            raise InputError(
+                f"{self.model_path}: model has {len(inputs)} inputs; the benchmark feeds exactly one"
+            )
+        if inputs[0].type != "tensor(float)":
+            raise InputError(
+                f"{self.model_path}: model input '{inputs[0].name}' is {inputs[0].type}, expected tensor(float)"
+            )
+        self.input_name = inputs[0].name
+        self.input_shape = list(inputs[0].shape)
+        self._output_names = [self._session.get_outputs()[0].name]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        feed = {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+        try:
+            return self._session.run(self._output_names, feed)[0]
+        except Exception as exc:
+            raise InputError(f"{self.model_path}: inference failed ({_first_line(exc)})") from None
+
+    def prepare(self, batch: np.ndarray) -> Callable[[], np.ndarray]:
+        # Bind everything once so the timed call is just session.run.
+        feed = {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+        output_names = self._output_names
+        session_run = self._session.run
+
+        def run_prepared() -> np.ndarray:
+            return session_run(output_names, feed)[0]
+
+        return run_prepared
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "runtime": "onnxruntime",
+            "version": self._ort_version,
+            "providers": list(self._session.get_providers()),
+            "threads": self.threads,  # None = runtime default
+            "inter_op_threads": 1,
+        }
+
+
+class FakeSleepBackend(Backend):
+    """FAKE backend for testing the harness only: it sleeps instead of computing.
+
+    Each call sleeps `seconds_per_call + seconds_per_image * len(batch)` and returns logits from
+    `logits`: a callable batch -> (n, C) array, or a length-C vector repeated for every image.
+    Opened by name, `model_path` is a JSON file with the same keys (logits as a list).
+    """
+
+    name = FAKE_BACKEND_NAME
+
+    def __init__(
+        self,
+        model_path: Any = None,
+        threads: int | None = None,
+        seconds_per_call: float = 0.0,
+        seconds_per_image: float = 0.0,
+        logits: Any = None,
+        num_classes: int = 2,
+        input_shape: list[Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model_path = None
+        if model_path is not None:
+            self.model_path = _check_model_file(model_path)
+            spec = _read_fake_spec(self.model_path)
+            seconds_per_call = float(spec.get("seconds_per_call", seconds_per_call))
+            seconds_per_image = float(spec.get("seconds_per_image", seconds_per_image))
+            logits = spec.get("logits", logits)
+            num_classes = int(spec.get("num_classes", num_classes))
+            input_shape = spec.get("input_shape", input_shape)
+        if seconds_per_call < 0 or seconds_per_image < 0:
+            raise InputError("fake backend: sleep times must be >= 0")
+        self.seconds_per_call = seconds_per_call
+        self.seconds_per_image = seconds_per_image
+        self.threads = _check_threads(threads)
+        if logits is None:
+            logits = np.zeros(num_classes, dtype=np.float32)
+        self._logits = logits if callable(logits) else np.asarray(logits, dtype=np.float32).reshape(-1)
+        self.input_shape = list(input_shape) if input_shape is not None else ["N", None, None, None]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        n = int(batch.shape[0])
+        time.sleep(self.seconds_per_call + self.seconds_per_image * n)
+        if callable(self._logits):
+            return np.asarray(self._logits(batch), dtype=np.float32)
+        return np.tile(self._logits, (n, 1))
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "runtime": "fake (sleeps, computes nothing)",
+            "version": "0",
+            "providers": [],
+            "threads": self.threads,
+            "seconds_per_call": self.seconds_per_call,
+            "seconds_per_image": self.seconds_per_image,
+        }
+
+
+def _read_fake_spec(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            spec = json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a fake-backend JSON spec ({_first_line(exc)})") from None
+    if not isinstance(spec, dict):
+        raise InputError(f"{path}: fake-backend spec must be a JSON object")
+    return spec
+
+
+def _import_onnxruntime(backend_name: str, package: str) -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise InputError(
+            f"backend '{backend_name}' needs the package {package} (pip install {package})"
+        ) from None
+    return onnxruntime
+
+
+# Backends that can be opened now, by name.
+BACKENDS: dict[str, Callable[..., Backend]] = {
+    OrtCpuBackend.name: OrtCpuBackend,
+    FakeSleepBackend.name: FakeSleepBackend,
+}
+
+# Names users may ask for that need another package: name -> (package, onnxruntime provider or None).
+KNOWN_BUT_UNAVAILABLE: dict[str, tuple[str, str | None]] = {
+    "ort-cuda": ("onnxruntime-gpu", "CUDAExecutionProvider"),
+    "ort-trt": ("onnxruntime-gpu", "TensorrtExecutionProvider"),
+    "tensorrt": ("tensorrt", None),
+}
+
+
+def backend_names() -> list[str]:
+    """Names offered to users (the fake test backend is left out on purpose)."""
+    names = [name for name in BACKENDS if name != FAKE_BACKEND_NAME]
+    return names + [name for name in KNOWN_BUT_UNAVAILABLE if name not in BACKENDS]
+
+
+def _unavailable(name: str) -> InputError:
+    package, provider = KNOWN_BUT_UNAVAILABLE[name]
+    needs = InputError(f"backend '{name}' needs the package {package} (pip install {package})")
+    if provider is not None:
+        try:
+            import onnxruntime
+        except ImportError:
+            return needs
+        if provider not in onnxruntime.get_available_providers():
+            return needs
+    else:
+        try:
+            __import__(package)
+        except ImportError:
+            return needs
+    # The package is there, but this version of runtime_bench has no backend class for it yet.
+    ready = [n for n in BACKENDS if n != FAKE_BACKEND_NAME]
+    return InputError(f"backend '{name}' is not implemented yet; choose from: {', '.join(ready)}")
+
+
+def open_backend(name: str, model_path: Any, threads: int | None = None) -> Backend:
+    """Open `model_path` with the backend called `name` (see `backend_names()`)."""
+    factory = BACKENDS.get(name)
+    if factory is None:
+        if name in KNOWN_BUT_UNAVAILABLE:
+            raise _unavailable(name)
+        raise InputError(f"unknown backend '{name}'; choose from: {', '.join(backend_names())}")
+    return factory(model_path, threads=threads)

@@ -1,0 +1,54 @@
+"""Regenerate README.md's results table from a deploy report (never typed by hand).
+
+    python scripts/readme_results.py artifacts/deploy/report.json [README.md]
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import sys
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def table(report: dict) -> str:
+    s, p, cfg = report["summary"], report["pruning"], report["config"]
+    env = report["benchmark"]["environment"]
+    rows = [
+        f"Command: `make deploy` (config `configs/default.yaml`: {cfg['model']} {cfg['weights']}, {cfg['shots']} "
+        f"images per class, {cfg['image_size']} px, method {p['method']}, rate {p['rate_requested']}, round-to "
+        f"{cfg['round_to']}); {len(report['classes'])} classes, {report['benchmark']['settings']['num_images']} test images; "
+        f"measured on {env.get('cpu_model')}, {env.get('logical_cores')} cores, onnxruntime {env.get('onnxruntime')}.",
+        "",
+        "| model | conv filters | MACs | params | accuracy | harmonic mean of class accuracies | ORT CPU p50 |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| dense | {p['filters_before']} | {p['macs_before'] / 1e6:.1f} M | {p['params_before'] / 1e6:.2f} M | "
+        f"{s['accuracy_dense']:.3f} | {s['harmonic_mean_dense']:.3f} | {s['p50_ms_dense']:.2f} ms |",
+        f"| pruned | {p['filters_after']} | {p['macs_after'] / 1e6:.1f} M | {p['params_after'] / 1e6:.2f} M | "
+        f"{s['accuracy_pruned']:.3f} | {s['harmonic_mean_pruned']:.3f} | {s['p50_ms_pruned']:.2f} ms |",
+        "",
+        f"Speedup {s['speedup_p50']:.2f}x (p50, dense and pruned timed alternately; 5-95% bootstrap "
+        f"{s['speedup_low']:.2f}-{s['speedup_high']:.2f}) for a {s['macs_reduction']:.2f}x MACs reduction: "
+        f"speedup / MACs reduction = {s['speedup_over_macs']:.2f}. Wall time of the stages: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in report.get("timings_s", {}).items()) + ".",
+    ]
+    return "\n".join(rows)
+
+
+def main(argv) -> int:
+    report = json.loads(pathlib.Path(argv[1]).read_text())
+    readme = pathlib.Path(argv[2] if len(argv) > 2 else "README.md")
+    text = readme.read_text()
+    block = f"{BEGIN}\n{table(report)}\n{END}"
+    new, count = re.subn(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    if count != 1:
+        print(f"error: {readme}: needs exactly one {BEGIN} ... {END} block", file=sys.stderr)
+        return 2
+    readme.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny image-folder datasets written on the fly (no downloads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, NamedTuple, Tuple
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Dominant colour per class: with moderate noise the classes stay separable by colour alone.
+CLASS_COLOURS: Dict[str, Tuple[int, int, int]] = {
+    "blue": (40, 60, 220),
+    "green": (40, 200, 60),
+    "red": (220, 40, 40),
+}
+
+
+def write_image_folder(
+    root: Path,
+    per_class: int,
+    colours: Dict[str, Tuple[int, int, int]] = CLASS_COLOURS,
+    size: int = 32,
+    noise: float = 30.0,
+    seed: int = 0,
+) -> Path:
+    """Write `root/<class>/<nn>.png`: `per_class` RGB images per class, the class colour plus Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    for cls, colour in colours.items():
+        folder = root / cls
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            pixels = np.asarray(colour, dtype=np.float64)[None, None, :] + rng.normal(0.0, noise, (size, size, 3))
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{index:02d}.png")
+    return root
+
+
+class ImageData(NamedTuple):
+    small: Path  # the folder the small labelled set is drawn from
+    test: Path  # a separate folder with the same classes
+    classes: Tuple[str, ...]
+    small_per_class: int
+    test_per_class: int
+    size: int
+
+
+@pytest.fixture(scope="session")
+def image_data(tmp_path_factory) -> ImageData:
+    """3 colour-separable classes of 32x32 PNGs: 14 per class to draw from, 6 per class to test on."""
+    base = tmp_path_factory.mktemp("images")
+    small = write_image_folder(base / "small", per_class=14, seed=0)
+    test = write_image_folder(base / "test", per_class=6, seed=1)
+    return ImageData(small, test, tuple(sorted(CLASS_COLOURS)), 14, 6, 32)
+
+
+@pytest.fixture
+def image_folder_factory(tmp_path):
+    """Call with (name, per_class=..., colours=..., size=..., seed=...) to get a fresh image folder."""
+
+    def make(name: str = "images", **kwargs) -> Path:
+        return write_image_folder(tmp_path / name, **kwargs)
+
+    return make

@@ -1,0 +1,101 @@
+"""LRP relevance: conservation layer by layer, the rules' guarantees, and the baselines."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from models_for_tests import calibrated, family
+from torch import nn
+
+from toolchain.relevance import ZPlusFlatFallback, l1_filter_scores, lrp_filter_scores, relevance_at
+
+CONSERVATION_TOL = 1e-3  # relative; float32 sums over ~1e5 terms
+
+
+def cuts(name: str, model: nn.Module) -> dict:
+    """Module outputs that cut the graph in two: all relevance must pass through each of them."""
+    if name.startswith("vgg"):
+        return {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    if name.startswith("resnet"):
+        blocks = {f"layer{i}.{j}": getattr(model, f"layer{i}")[j] for i in range(1, 5) for j in range(2)}
+        return {"conv1": model.conv1, **blocks}
+    return {f"features.{i}": model.features[i] for i in range(len(model.features))}
+
+
+@pytest.mark.parametrize("name", ["vgg11_bn", "resnet18", "mobilenet_v2", "mobilenet_v2_pretrained"])
+def test_relevance_is_conserved_at_every_layer(name):
+    model = family(name)
+    size = 112 if name.endswith("pretrained") else 64
+    torch.manual_seed(1)
+    x = torch.randn(3, 3, size, size)
+    labels = torch.tensor([0, 3, 7])
+    relevance = relevance_at(model, x, labels, cuts(name, model))
+    assert len(relevance) == len(cuts(name, model))
+    for layer, r in relevance.items():
+        per_sample = r.flatten(1).sum(1)
+        torch.testing.assert_close(per_sample, torch.ones(3), rtol=CONSERVATION_TOL, atol=CONSERVATION_TOL,
+                                   msg=f"{name} {layer}: relevance not conserved: {per_sample.tolist()}")
+
+
+def test_sample_weights_scale_the_injected_relevance():
+    model = family("resnet18")
+    x = torch.randn(2, 3, 64, 64)
+    r = relevance_at(model, x, torch.tensor([1, 2]), {"layer2.0": model.layer2[0]},
+                     weights=torch.tensor([2.0, 0.5]))
+    torch.testing.assert_close(r["layer2.0"].flatten(1).sum(1), torch.tensor([2.0, 0.5]), rtol=1e-3, atol=1e-3)
+
+
+def test_flat_fallback_keeps_relevance_that_plain_zplus_drops():
+    # A depthwise conv whose input window is all zero but whose (folded) bias makes the output positive.
+    conv = nn.Conv2d(2, 2, 3, padding=1, groups=2, bias=True)
+    with torch.no_grad():
+        conv.weight.fill_(0.5)
+        conv.bias.fill_(1.0)
+    x = torch.zeros(1, 2, 4, 4)
+    x[0, 0, 0, 0] = 1.0  # channel 1 is all zero: only the bias drives its outputs
+    hook = ZPlusFlatFallback()
+    handles = hook.register(conv)
+    try:
+        x.requires_grad_(True)
+        out = conv(x)
+        grad_out = torch.ones_like(out)
+        (relevance_in,) = torch.autograd.grad(out, x, grad_out)
+    finally:
+        handles.remove()
+    torch.testing.assert_close(relevance_in.sum(), grad_out.sum())
+    assert relevance_in[0, 1].sum() == pytest.approx(16.0)  # passed on flat, not lost
+    assert (relevance_in >= 0).all()
+
+
+def test_lrp_scores_are_nonnegative_and_cover_every_conv():
+    model = calibrated(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3),
+                                     nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)), size=16)
+    x = torch.randn(5, 3, 16, 16)
+    scores = lrp_filter_scores(model, x, torch.tensor([0, 1, 2, 0, 1]), batch_size=2)
+    assert set(scores) == {"0", "3"}
+    assert scores["0"].shape == (8,) and scores["3"].shape == (4,)
+    assert all((s >= 0).all() for s in scores.values())
+    # Summed |R| per layer is at least the injected total (|sum| <= sum |.|), equal when no sign mixing.
+    assert scores["3"].sum() == pytest.approx(5.0, rel=1e-3) or scores["3"].sum() > 5.0
+
+
+def test_relevance_leaves_the_model_unchanged():
+    model = family("mobilenet_v2")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    lrp_filter_scores(model, x, torch.tensor([0, 1]))
+    with torch.no_grad():
+        after = model(x)
+    assert torch.equal(before, after)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_l1_scores_are_filter_weight_norms():
+    conv = nn.Conv2d(2, 3, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[1.0, -2.0], [0.0, 0.5], [-3.0, 3.0]]).view(3, 2, 1, 1))
+    scores = l1_filter_scores(nn.Sequential(conv))
+    assert scores["0"].tolist() == [3.0, 0.5, 6.0]

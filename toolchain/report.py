@@ -1,0 +1,175 @@
+"""The deploy report: report.json (schema below), report.md and PNG plots, from the stages' outputs.
+
+report.json, schema_version "1":
+  schema_version, created_utc, config (resolved), source (model, weights, hashes), classes,
+  pruning: {method, rate_requested, rate_achieved, filters_before, filters_after, macs_before, macs_after,
+            params_before, params_after, macs_reduction, seconds, relevance_passes, plan_layers}
+  curve: [{rate, filters, macs, params, accuracy, harmonic_mean, per_class[], small_set_accuracy,
+           small_set_harmonic_mean, torch_latency_ms}]  (PyTorch, test set; one point per pruning step)
+  export: {dense: {...parity gate}, pruned: {...parity gate}}
+  benchmark: runtime_bench report (ONNX Runtime, dense vs pruned timed alternately; accuracy per model)
+  summary: {accuracy_dense, accuracy_pruned, harmonic_mean_dense, harmonic_mean_pruned, p50_ms_dense,
+            p50_ms_pruned, speedup_p50, speedup_low, speedup_high, macs_reduction, speedup_over_macs}
+"""
+
+from __future__ import annotations
+
+import datetime
+import pathlib
+
+from runtime_bench.report import write_json_atomic, write_text_atomic
+
+from .artifact import read_manifest
+
+SCHEMA_VERSION = "1"
+
+
+def build_report(out: pathlib.Path, export: dict, bench: dict, config: dict) -> dict:
+    manifest = read_manifest(out)
+    curve = manifest["curve"]
+    first, last = curve[0], curve[-1]
+    models = bench["models"]
+    comparison = bench.get("comparison") or {}
+    macs_reduction = first["macs"] / last["macs"]
+    speedup = comparison.get("speedup_p50")
+    summary = {
+        "accuracy_dense": models["dense"]["accuracy"]["accuracy"],
+        "accuracy_pruned": models["pruned"]["accuracy"]["accuracy"],
+        "harmonic_mean_dense": models["dense"]["accuracy"]["harmonic_mean"],
+        "harmonic_mean_pruned": models["pruned"]["accuracy"]["harmonic_mean"],
+        "p50_ms_dense": models["dense"]["latency"]["p50_ms"],
+        "p50_ms_pruned": models["pruned"]["latency"]["p50_ms"],
+        "speedup_p50": speedup,
+        "speedup_low": comparison.get("low"),
+        "speedup_high": comparison.get("high"),
+        "macs_reduction": macs_reduction,
+        "speedup_over_macs": None if speedup is None else speedup / macs_reduction,
+    }
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "config": config,
+        "source": manifest["source"],
+        "classes": manifest["classes"],
+        "pruning": {
+            "method": manifest["config"]["method"],
+            "rate_requested": manifest["config"]["rate"],
+            "rate_achieved": last["rate"],
+            "filters_before": first["filters"],
+            "filters_after": last["filters"],
+            "macs_before": first["macs"],
+            "macs_after": last["macs"],
+            "params_before": first["params"],
+            "params_after": last["params"],
+            "macs_reduction": macs_reduction,
+            "seconds": manifest["cost"]["seconds"],
+            "relevance_passes": manifest["cost"]["relevance_passes"],
+            "plan_layers": len(manifest["plan"]),
+        },
+        "curve": curve,
+        "export": export,
+        "benchmark": bench,
+        "summary": summary,
+    }
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def to_markdown(report: dict) -> str:
+    s, p = report["summary"], report["pruning"]
+    env = report["benchmark"]["environment"]
+    lines = [
+        f"# edgeprune report: {report['source']['model']} ({report['source'].get('weights')})",
+        "",
+        f"Method `{p['method']}`, {_pct(p['rate_achieved'])} of conv filters removed "
+        f"({p['filters_before']} -> {p['filters_after']}), {p['seconds']:.0f} s, "
+        f"{p['relevance_passes']} relevance passes. No fine-tuning: only the linear head was fitted.",
+        "",
+        "| model | accuracy | harmonic mean | MACs | params | ORT p50 (ms) |",
+        "| --- | --- | --- | --- | --- | --- |",
+        f"| dense | {_pct(s['accuracy_dense'])} | {s['harmonic_mean_dense']:.3f} | {p['macs_before'] / 1e6:.1f} M | "
+        f"{p['params_before'] / 1e6:.2f} M | {s['p50_ms_dense']:.2f} |",
+        f"| pruned | {_pct(s['accuracy_pruned'])} | {s['harmonic_mean_pruned']:.3f} | {p['macs_after'] / 1e6:.1f} M | "
+        f"{p['params_after'] / 1e6:.2f} M | {s['p50_ms_pruned']:.2f} |",
+        "",
+        f"Speedup (ONNX Runtime CPU, p50, alternating runs): **{s['speedup_p50']:.2f}x** "
+        f"(5-95% bootstrap {s['speedup_low']:.2f}-{s['speedup_high']:.2f}); MACs reduction {s['macs_reduction']:.2f}x; "
+        f"speedup / MACs reduction = {s['speedup_over_macs']:.2f}.",
+        "",
+        f"Measured on {env.get('cpu_model')} ({env.get('logical_cores')} cores), onnxruntime {env.get('onnxruntime')}.",
+    ]
+    for warning in env.get("warnings", []):
+        lines.append(f"> warning: {warning}")
+    lines += ["", "## Accuracy along the pruning steps (PyTorch, test set)", "",
+              "| rate | MACs (M) | accuracy | harmonic mean | worst class | PyTorch ms |", "| --- | --- | --- | --- | --- | --- |"]
+    classes = report["classes"]
+    for point in report["curve"]:
+        worst = min(range(len(classes)), key=lambda c: point["per_class"][c])
+        lines.append(
+            f"| {_pct(point['rate'])} | {point['macs'] / 1e6:.1f} | {_pct(point['accuracy'])} | "
+            f"{point['harmonic_mean']:.3f} | {classes[worst]} {_pct(point['per_class'][worst])} | "
+            f"{point['torch_latency_ms']:.2f} |"
+        )
+    lines += ["", "Plots: `accuracy_vs_rate.png`, `latency_vs_rate.png`.", ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict, out: pathlib.Path) -> list:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = report["curve"]
+    rates = [100 * c["rate"] for c in curve]
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for c, name in enumerate(report["classes"]):
+        ax.plot(rates, [p["per_class"][c] for p in curve], color="0.75", linewidth=0.8,
+                label="per class" if c == 0 else None)
+    ax.plot(rates, [p["accuracy"] for p in curve], "o-", label="accuracy")
+    ax.plot(rates, [p["harmonic_mean"] for p in curve], "s-", label="harmonic mean of class accuracies")
+    ax.set_xlabel("conv filters removed (%)")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{report['source']['model']}: {report['pruning']['method']} pruning, no fine-tuning")
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(alpha=0.3)
+    paths.append(_save(fig, out / "accuracy_vs_rate.png"))
+
+    s = report["summary"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.plot(rates, [p["torch_latency_ms"] for p in curve], "o-", label="PyTorch CPU, batch 1 (median)")
+    ax.plot([rates[0], rates[-1]], [s["p50_ms_dense"], s["p50_ms_pruned"]], "D--",
+            label="ONNX Runtime CPU, batch 1 (p50)")
+    ax2 = ax.twinx()
+    ax2.plot(rates, [p["macs"] / 1e6 for p in curve], ":", color="0.5", label="MACs (M)")
+    ax2.set_ylabel("MACs (M)")
+    ax.set_xlabel("conv filters removed (%)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_ylim(bottom=0)
+    ax2.set_ylim(bottom=0)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(alpha=0.3)
+    paths.append(_save(fig, out / "latency_vs_rate.png"))
+    return paths
+
+
+def _save(fig, path: pathlib.Path) -> str:
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path.name
+
+
+def write_report(out: pathlib.Path, report: dict) -> None:
+    plot(report, out)
+    write_text_atomic(to_markdown(report), out / "report.md")
+    write_json_atomic(report, out / "report.json")
