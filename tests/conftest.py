@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, NamedTuple, Tuple
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 from PIL import Image
 
 # Dominant colour per class: with moderate noise the classes stay separable by colour alone.
-CLASS_COLOURS: Dict[str, Tuple[int, int, int]] = {
+CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
     "blue": (40, 60, 220),
     "green": (40, 200, 60),
     "red": (220, 40, 40),
@@ -20,7 +20,7 @@ CLASS_COLOURS: Dict[str, Tuple[int, int, int]] = {
 def write_image_folder(
     root: Path,
     per_class: int,
-    colours: Dict[str, Tuple[int, int, int]] = CLASS_COLOURS,
+    colours: dict[str, tuple[int, int, int]] = CLASS_COLOURS,
     size: int = 32,
     noise: float = 30.0,
     seed: int = 0,
@@ -39,7 +39,7 @@ def write_image_folder(
 class ImageData(NamedTuple):
     small: Path  # the folder the small labelled set is drawn from
     test: Path  # a separate folder with the same classes
-    classes: Tuple[str, ...]
+    classes: tuple[str, ...]
     small_per_class: int
     test_per_class: int
     size: int
@@ -54,11 +54,7 @@ def image_data(tmp_path_factory) -> ImageData:
     return ImageData(small, test, tuple(sorted(CLASS_COLOURS)), 14, 6, 32)
 
 
-@pytest.fixture
-def image_folder_factory(tmp_path):
-    """Call with (name, per_class=..., colours=..., size=..., seed=...) to get a fresh image folder."""
-
-    def make(name: str = "images", **kwargs) -> Path:
-        return write_image_folder(tmp_path / name, **kwargs)
-
-    return make
+@pytest.fixture(scope="session")
+def write_images():
+    """`write_image_folder` itself, for tests that need a folder of their own: write_images(root, per_class=...)."""
+    return write_image_folder

@@ -51,13 +51,19 @@ def _prune_options(parser: argparse.ArgumentParser) -> None:
     add("--image-size", type=int, help="input resolution (default: the weights' own, 224)")
     add("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation mean, 0..1 pixel scale")
     add("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation std, 0..1 pixel scale")
-    add("--method", help="filter criterion: lrp, l1, random")
+    add("--method", help="lrp (Yeom), dpx (accuracy-aware controller over LRP), l1, random")
     add("--rate", type=float, help="fraction of conv filters to remove, in (0, 1)")
     add("--step", type=float, help="filters removed per step, as a fraction of the original count (0.05)")
     add("--round-to", type=int, help="keep channel counts multiples of N (default 8; 1 turns it off)")
     add("--head-rule", help="LRP rule on linear layers: epsilon (default) or zplus")
     add("--batch-size", type=int, help="images per relevance batch (default 32)")
     add("--seed", type=int, help="seed of the small-set draw (default 0)")
+    dpx = parser.add_argument_group("accuracy-aware controller (--method dpx; --step is s_max, --rate p_max)")
+    dpx.add_argument("--delta", type=float, help="accept a step if A drops by at most this (default 0)")
+    dpx.add_argument("--tau", type=float, help="instead accept if A >= tau x A of the dense model")
+    dpx.add_argument("--m", type=int, help="units tried by a change of pruning order (default 8)")
+    dpx.add_argument("--s-min-units", type=int, help="smallest step, in units (default 1)")
+    dpx.add_argument("--rescore", choices=["accepted", "never"], help="recompute relevance after each commit")
 
 
 def _load_yaml(path: pathlib.Path) -> dict:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from runtime_bench.accuracy import classification_metrics
 from runtime_bench.errors import InputError
 
+from .controller import ControllerConfig, Unit, run_controller
 from .data import (
     Preprocessing,
     check_same_classes,
@@ -33,9 +34,9 @@ from .data import (
 from .head import fit_head
 from .models import ModelSource, build_model, check_logits, find_head, is_weights_file, torchvision_weights
 from .relevance import l1_filter_scores, lrp_filter_scores, random_filter_scores
-from .surgery import PruningGraph, select_channels
+from .surgery import PruningGraph, as_selection, rank_chunks, select_channels
 
-METHODS = ("lrp", "l1", "random")
+METHODS = ("lrp", "l1", "random", "dpx")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -64,6 +65,12 @@ class PruneConfig:
     head_rule: str = "epsilon"
     batch_size: int = 32
     seed: int = 0
+    # The accuracy-aware controller (--method dpx, METHOD.md); `step` is its s_max, `rate` its p_max.
+    delta: float = 0.0
+    tau: float | None = None
+    m: int = 8
+    s_min_units: int = 1
+    rescore: str = "accepted"
 
     def check(self) -> None:
         if not 0.0 < self.rate < 1.0:
@@ -80,6 +87,12 @@ class PruneConfig:
             raise InputError(f"--shots {self.shots}: must be at least 1")
         if self.data is None:
             raise InputError("--data: required (an image folder root/<class>/<image>)")
+        if self.method == "dpx":
+            self.controller_config()
+
+    def controller_config(self) -> ControllerConfig:
+        return ControllerConfig(s_max=self.step, s_min_units=self.s_min_units, delta=self.delta, tau=self.tau,
+                                m=self.m, p_max=self.rate, rescore=self.rescore)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -213,6 +226,7 @@ class PruneResult:
     curve: list[dict]
     seconds: float
     relevance_passes: int
+    controller: dict | None = None  # the dpx controller's log: every accepted and rejected step
 
 
 def curve_point(model: nn.Module, graph: PruningGraph, task: Task, example: torch.Tensor) -> dict:
@@ -233,8 +247,85 @@ def curve_point(model: nn.Module, graph: PruningGraph, task: Task, example: torc
     }
 
 
+class TorchPrunable:
+    """The controller's view of a real model: chunks as units, A by masking, commits by shrinking.
+
+    Scores are kept in each conv's ORIGINAL channel numbering, so they stay valid after a commit
+    shifts the current indices (needed when relevance is not recomputed after every commit).
+    """
+
+    def __init__(self, task: Task, config: PruneConfig, graph: PruningGraph, scorer, record):
+        self.task, self.config, self.graph = task, config, graph
+        self.original_filters = graph.original_filters
+        self.scorer, self.record = scorer, record
+        self.scores: dict[str, torch.Tensor] = {}
+
+    def rescore(self) -> None:
+        for name, score in self.scorer().items():
+            full = torch.zeros(self.graph.original_out[name], dtype=torch.float64)
+            full[self.graph.kept[name]] = score
+            self.scores[name] = full
+
+    def ranked_units(self) -> list[Unit]:
+        current = {name: full[self.graph.kept[name]] for name, full in self.scores.items()}
+        chunks = rank_chunks(self.graph.groups(), current, self.config.round_to)
+        return [Unit(key=c, filters=c.filters, score=c.score) for c in chunks]
+
+    def harmonic_mean(self) -> float:
+        task = self.task
+        return evaluate(task.model, task.small_x, task.small_y, len(task.classes))["harmonic_mean"]
+
+    def harmonic_mean_without(self, units: list[Unit]) -> float:
+        with self.graph.mask(as_selection([u.key for u in units])):
+            return self.harmonic_mean()
+
+    def commit(self, units: list[Unit]) -> None:
+        for root, channels in as_selection([u.key for u in units]).items():
+            self.graph.prune(root, channels)
+        self.record()
+
+    def pruned_fraction(self) -> float:
+        return self.graph.pruned_fraction
+
+
+def prune_with_controller(task: Task, config: PruneConfig, progress: bool = True) -> PruneResult:
+    """--method dpx: the accuracy-aware controller of METHOD.md, LRP scores, physical shrinking."""
+    started = time.perf_counter()
+    model = task.model
+    example = task.small_x[:2]
+    graph = PruningGraph(model, example, protected=[model.get_submodule(task.head_name)])
+    controller_config = config.controller_config()
+    curve = [curve_point(model, graph, task, example)]
+    next_grid = [config.step]
+
+    def record():  # a curve point each time the rate crosses the next multiple of `step`
+        if graph.pruned_fraction + 1e-9 >= next_grid[0] or graph.pruned_fraction >= config.rate - 1e-9:
+            curve.append(curve_point(model, graph, task, example))
+            while next_grid[0] <= graph.pruned_fraction + 1e-9:
+                next_grid[0] += config.step
+
+    def scorer():
+        return filter_scores("lrp", model, task, config, progress, torch.Generator())
+
+    bar = tqdm(total=round(100 * config.rate), desc="pruning (dpx)", unit="%", disable=not progress)
+
+    def on_event(event):
+        bar.n = round(100 * graph.pruned_fraction)
+        bar.set_postfix(last=event["kind"], A=f"{event.get('a_after', 0):.3f}", refresh=True)
+
+    log = run_controller(TorchPrunable(task, config, graph, scorer, record), controller_config, on_event)
+    bar.close()
+    if curve[-1]["filters"] != graph.filters:
+        curve.append(curve_point(model, graph, task, example))
+    result = PruneResult(model, graph, curve, time.perf_counter() - started, log.relevance_passes)
+    result.controller = log.to_dict()
+    return result
+
+
 def prune(task: Task, config: PruneConfig, progress: bool = True) -> PruneResult:
     """Iterative global pruning to `config.rate`, re-scoring after every step, shrinking physically."""
+    if config.method == "dpx":
+        return prune_with_controller(task, config, progress)
     started = time.perf_counter()
     model = task.model
     head = model.get_submodule(task.head_name)
@@ -282,6 +373,7 @@ def manifest_for(task: Task, config: PruneConfig, result: PruneResult) -> dict:
         "filters": {"original": result.graph.original_filters, "kept": result.graph.filters},
         "curve": result.curve,
         "cost": {"seconds": round(result.seconds, 2), "relevance_passes": result.relevance_passes},
+        "controller": result.controller,
         "skipped_images": task.skipped,
     }
 

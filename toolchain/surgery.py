@@ -112,6 +112,34 @@ class PruningGraph:
         group.prune()
         return before - self.filters
 
+    @contextlib.contextmanager
+    def mask(self, selection: dict[str, list[int]]) -> Iterator[nn.Module]:
+        """Temporarily zero every input weight that reads a channel of `selection` (root -> current indices).
+
+        Zeroing the consumers (not the producers) is what makes masking exactly equivalent to shrinking:
+        a removed channel's BatchNorm shift and activation still compute something, but nobody reads it.
+        Depthwise convs are skipped: they are themselves group members, read by the next conv.
+        """
+        saved = []
+        try:
+            with torch.no_grad():
+                for root, channels in selection.items():
+                    if not channels:
+                        continue
+                    group = self.graph.get_pruning_group(self.modules[root], tp.prune_conv_out_channels, channels)
+                    for dep, idxs in group:
+                        consumer = dep.target.module
+                        if self.graph.is_out_channel_pruning_fn(dep.handler) or is_depthwise(consumer):
+                            continue
+                        if isinstance(consumer, (nn.Conv2d, nn.Linear)):
+                            saved.append((consumer, consumer.weight.detach().clone()))
+                            consumer.weight[:, list(idxs)] = 0.0
+            yield self.model
+        finally:
+            with torch.no_grad():
+                for consumer, weight in reversed(saved):
+                    consumer.weight.copy_(weight)
+
     def plan(self) -> dict[str, list[int]]:
         """Per conv, the original output channels it keeps (only convs that lost some)."""
         return {
@@ -121,80 +149,79 @@ class PruningGraph:
         }
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """The unit of removal: `round_to` channels of one group (the first chunk aligns the group's count)."""
+
+    root: str
+    channels: tuple[int, ...]  # current indices in the group's root conv
+    filters: int  # conv filters it removes (channels x member convs)
+    score: float  # mean channel score
+
+
+def rank_chunks(groups: Sequence[ChannelGroup], scores: dict[str, torch.Tensor], round_to: int = 1) -> list[Chunk]:
+    """All removable chunks, lowest score first.
+
+    A channel's score is the sum of its member convs' scores (METHOD.md: group score = sum). With
+    `round_to` N, channels leave a group in chunks of N (lowest first; the first chunk aligns the count
+    to a multiple of N) and every group keeps at least N channels, so remaining counts stay multiples
+    of N, which is what makes a pruned model faster on real kernels rather than only smaller in MACs.
+    """
+    if round_to < 1:
+        raise InputError(f"--round-to {round_to}: must be a positive integer")
+    ranked = []  # (score, group index, position, chunk)
+    for gi, group in enumerate(groups):
+        channel_scores = sum(scores[m].to(torch.float64) for m in group.members)
+        order = torch.argsort(channel_scores, stable=True).tolist()
+        removable = group.size - (round_to if group.size > round_to else group.size)
+        start, size = 0, group.size % round_to or round_to
+        while start + size <= removable:
+            idxs = order[start : start + size]
+            score = float(channel_scores[idxs].mean())
+            ranked.append((score, gi, start, Chunk(group.root, tuple(idxs), size * len(group.members), score)))
+            start, size = start + size, round_to
+    # Within a group chunks stay in order: its channels were sorted ascending.
+    ranked.sort(key=lambda r: r[:3])
+    return [r[3] for r in ranked]
+
+
+def as_selection(chunks: Sequence[Chunk]) -> dict[str, list[int]]:
+    """root conv -> current channel indices, the form PruningGraph.prune and mask take."""
+    selection: dict[str, list[int]] = {}
+    for chunk in chunks:
+        selection.setdefault(chunk.root, []).extend(chunk.channels)
+    return selection
+
+
+def lowest_chunks(ranked: Sequence[Chunk], filters: int) -> list[Chunk]:
+    """The lowest-scoring chunks that together cover at least `filters` conv filters."""
+    picked, covered = [], 0
+    for chunk in ranked:
+        if covered >= filters:
+            break
+        picked.append(chunk)
+        covered += chunk.filters
+    return picked
+
+
 def select_channels(
     groups: Sequence[ChannelGroup],
     scores: dict[str, torch.Tensor],
     filters_to_remove: int,
     round_to: int = 1,
 ) -> dict[str, list[int]]:
-    """Globally pick the lowest-scoring channels until `filters_to_remove` conv filters are covered.
-
-    A channel's score is the sum of its member convs' scores (METHOD.md: group score = sum). With
-    `round_to` N, channels leave a group in chunks of N (lowest first; the first chunk aligns the count
-    to a multiple of N) and every group keeps at least N channels, so remaining counts stay multiples
-    of N, which is what makes a pruned model faster on real kernels rather than only smaller in MACs.
-    Returns root conv -> current channel indices to remove.
-    """
-    if round_to < 1:
-        raise InputError(f"--round-to {round_to}: must be a positive integer")
-    chunks = []  # (mean score, group index, channel indices, filters covered)
-    for gi, group in enumerate(groups):
-        channel_scores = sum(scores[m].to(torch.float64) for m in group.members)
-        order = torch.argsort(channel_scores, stable=True).tolist()
-        keep_at_least = round_to if group.size > round_to else group.size
-        removable = group.size - keep_at_least
-        if removable <= 0:
-            continue
-        first = group.size % round_to or round_to
-        start = 0
-        size = first
-        while start + size <= removable:
-            idxs = order[start : start + size]
-            mean = float(channel_scores[idxs].mean())
-            chunks.append((mean, gi, start, idxs, size * len(group.members)))
-            start += size
-            size = round_to
-    # Chunks of one group come out in order because its channels are sorted ascending.
-    chunks.sort(key=lambda c: (c[0], c[1], c[2]))
-    selected: dict[str, list[int]] = {}
-    covered = 0
-    for _, gi, _, idxs, filters in chunks:
-        if covered >= filters_to_remove:
-            break
-        selected.setdefault(groups[gi].root, []).extend(idxs)
-        covered += filters
-    return selected
+    """Globally pick the lowest-scoring chunks until `filters_to_remove` conv filters are covered."""
+    return as_selection(lowest_chunks(rank_chunks(groups, scores, round_to), filters_to_remove))
 
 
 @contextlib.contextmanager
 def masked(model: nn.Module, example_input: torch.Tensor, plan: dict[str, list[int]],
            protected: Sequence[nn.Module] = ()) -> Iterator[nn.Module]:
-    """Temporarily zero, in the DENSE model, every input weight that reads a channel the plan removes.
-
-    Zeroing the consumers (not the producers) is what makes masking exactly equivalent to shrinking:
-    a removed channel's BatchNorm shift and activation still compute something, but nobody reads it.
-    Depthwise convs are skipped: they are themselves group members, read by the next conv.
-    """
+    """The DENSE model with the plan's removed channels masked (see PruningGraph.mask)."""
     graph = PruningGraph(model, example_input, protected)
-    saved = []
-    try:
-        with torch.no_grad():
-            for group in graph.groups():
-                root = graph.modules[group.root]
-                keep = set(plan.get(group.root, range(root.out_channels)))
-                removed = [c for c in range(root.out_channels) if c not in keep]
-                if not removed:
-                    continue
-                full = graph.graph.get_pruning_group(root, tp.prune_conv_out_channels, removed)
-                for dep, idxs in full:
-                    consumer = dep.target.module
-                    if graph.graph.is_out_channel_pruning_fn(dep.handler) or is_depthwise(consumer):
-                        continue
-                    if isinstance(consumer, (nn.Conv2d, nn.Linear)):
-                        saved.append((consumer, consumer.weight.detach().clone()))
-                        consumer.weight[:, list(idxs)] = 0.0
+    selection = {}
+    for group in graph.groups():
+        keep = set(plan.get(group.root, range(group.size)))
+        selection[group.root] = [c for c in range(group.size) if c not in keep]
+    with graph.mask(selection):
         yield model
-    finally:
-        with torch.no_grad():
-            for consumer, weight in reversed(saved):
-                consumer.weight.copy_(weight)
