@@ -14,20 +14,29 @@ from typing import Iterator
 from .errors import InputError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
-def atomic_output(path: str | pathlib.Path) -> Iterator[pathlib.Path]:
+def atomic_output(path: str | os.PathLike) -> Iterator[pathlib.Path]:
     """Yield a temporary path next to `path`; on success it replaces `path`, on any error it is removed."""
     path = pathlib.Path(path)
+    if not path.parent.is_dir():
+        raise InputError(f"{path}: folder {path.parent} does not exist")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # an ordinary file's mode, not a private temp file's
         os.replace(tmp, path)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise InputError(f"{path}: no space left on the device; nothing was written") from None
-        raise
+        raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from typing import Any
 
 import numpy as np
 
-from runtime_bench.errors import InputError
+from runtime_bench.atomic import atomic_output
 
 # Bump when a key is renamed or removed; adding keys keeps the version.
 SCHEMA_VERSION = "1"
@@ -52,29 +51,9 @@ def write_json_atomic(obj: Any, path: Any) -> None:
 
 
 def write_text_atomic(text: str, path: Any) -> None:
-    """Write `text` to a temp file in the same folder, fsync, then os.replace onto `path`."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise InputError(f"{path}: folder {folder} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:  # includes KeyboardInterrupt: never leave the temp file behind
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from None
-        raise
+    """Write `text` so that readers see either the old file or the complete new one."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

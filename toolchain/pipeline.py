@@ -317,9 +317,7 @@ def prune_with_controller(task: Task, config: PruneConfig, progress: bool = True
     bar.close()
     if curve[-1]["filters"] != graph.filters:
         curve.append(curve_point(model, graph, task, example))
-    result = PruneResult(model, graph, curve, time.perf_counter() - started, log.relevance_passes)
-    result.controller = log.to_dict()
-    return result
+    return PruneResult(model, graph, curve, time.perf_counter() - started, log.relevance_passes, log.to_dict())
 
 
 def prune(task: Task, config: PruneConfig, progress: bool = True) -> PruneResult:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import pathlib
 
+from runtime_bench.atomic import atomic_output
 from runtime_bench.report import write_json_atomic, write_text_atomic
 
 from .artifact import read_manifest
@@ -161,11 +162,10 @@ def plot(report: dict, out: pathlib.Path) -> list:
 def _save(fig, path: pathlib.Path) -> str:
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(f".{path.name}.tmp.png")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=110)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return path.name
 
 
