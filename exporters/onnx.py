@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ import numpy as np
 import onnx
 import torch
 
+from runtime_bench.bundle import sha256_file
 from runtime_bench.errors import CheckFailed, InputError
 
 __all__ = ["export_onnx", "simplify_onnx", "parity_check", "export_verified", "onnx_sha256"]
@@ -48,11 +48,7 @@ _EXPORTERS = ("auto", "dynamo", "torchscript")
 
 def onnx_sha256(path) -> str:
     """SHA-256 hex digest of the file at ``path``."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,4 +1,11 @@
-"""Command line: python -m runtime_bench MODEL.onnx [MODEL2.onnx] --data EVAL.npz --json OUT.json
+"""Command line, three forms:
+
+    python -m runtime_bench MODEL.onnx [MODEL2.onnx] --data EVAL.npz --json OUT.json [--md OUT.md]
+    python -m runtime_bench BUNDLE_DIR [--json OUT.json] [--md OUT.md]     (see runtime_bench.bundle)
+    python -m runtime_bench compare A.json B.json [--md OUT.md]             (see runtime_bench.compare)
+
+`compare` is taken as the keyword only when no file or folder of that name exists here. Add
+`--strict` for MLPerf single-stream minimums (1024 runs and 600 s, p90 headline).
 
 Runs on the device with only numpy and an inference runtime. Errors the user can fix print one
 line `error: ...` on stderr and exit 2 (bad input) or 3 (failed check).
@@ -9,14 +16,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import zipfile
 from typing import Any
 
-import numpy as np
-
 from runtime_bench.errors import EdgePruneError, InputError
+from runtime_bench.evaldata import load_eval_npz  # also imported from here by the toolchain
 
 EXIT_INTERRUPTED = 130
+COMPARE = "compare"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,27 +35,51 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m runtime_bench",
-        description="Measure accuracy and latency of one or two ONNX models (first = baseline).",
+        description=(
+            "Measure accuracy and latency of one or two ONNX models (first = baseline), or of every model "
+            "in a deploy bundle folder. `python -m runtime_bench compare A.json B.json` compares two reports."
+        ),
     )
     parser.add_argument(
-        "models", nargs="+", metavar="MODEL.onnx", help="one model, or baseline then candidate"
+        "models",
+        nargs="+",
+        metavar="MODEL.onnx|BUNDLE_DIR",
+        help="one model, or baseline then candidate; or one bundle folder (with manifest.json)",
     )
     parser.add_argument(
         "--data",
-        required=True,
         metavar="EVAL.npz",
-        help="arrays images (N,C,H,W float32), labels (N,) int, optional class_names",
+        help="arrays images (N,C,H,W float32), labels (N,) int, optional class_names (not with a bundle)",
     )
-    parser.add_argument("--json", required=True, metavar="OUT.json", help="where to write the JSON report")
+    parser.add_argument(
+        "--json",
+        metavar="OUT.json",
+        help="where to write the JSON report (required for models; a bundle defaults to BUNDLE_DIR/bench.json)",
+    )
     parser.add_argument("--md", metavar="OUT.md", help="also write a Markdown summary")
     parser.add_argument("--backend", default="ort-cpu", help="inference backend (default: ort-cpu)")
     parser.add_argument(
         "--threads", type=int, default=None, help="intra-op threads (default: runtime default)"
     )
-    parser.add_argument("--batch-size", type=int, default=1, help="images per timed call (default: 1)")
-    parser.add_argument("--min-runs", type=int, default=50, help="minimum timed runs per model (default: 50)")
     parser.add_argument(
-        "--min-seconds", type=float, default=2.0, help="minimum timed duration in seconds (default: 2)"
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per timed call (default: 1, or the bundle's fixed batch size)",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="MLPerf single-stream minimums: at least 1024 runs and 600 s, p90 as the headline",
+    )
+    parser.add_argument(
+        "--min-runs", type=int, default=None, help="minimum timed runs per model (default: 50; strict: 1024)"
+    )
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=None,
+        help="minimum timed duration in seconds (default: 2; strict: 600)",
     )
     parser.add_argument(
         "--warmup-runs", type=int, default=10, help="minimum warm-up runs per model (default: 10)"
@@ -57,72 +87,97 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--warmup-seconds", type=float, default=0.5, help="minimum warm-up seconds per model (default: 0.5)"
     )
+    parser.add_argument(
+        "--blocks",
+        type=int,
+        default=5,
+        help="split the timed runs into this many consecutive blocks to report drift (default: 5)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return parser
 
 
-def load_eval_npz(path: str) -> tuple[np.ndarray, np.ndarray, int, list[str] | None]:
-    """(images, labels, num_classes, class_names or None) from an evaluation .npz, checked."""
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: no such file")
-    try:
-        data = np.load(path, allow_pickle=False)
-        # A plain .npy loads as one array; we need the named arrays of an .npz archive.
-        if not hasattr(data, "files"):
-            raise InputError(f"{path}: not an .npz archive (a single array; save with numpy.savez)")
-        with data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path}: not a readable .npz file ({reason})") from None
-    for key in ("images", "labels"):
-        if key not in arrays:
-            found = ", ".join(sorted(arrays)) or "nothing"
-            raise InputError(f"{path}: missing array '{key}' (found: {found})")
-    images, labels = arrays["images"], arrays["labels"]
-    if images.ndim != 4:
-        raise InputError(f"{path}: 'images' must have shape (N, C, H, W), got {images.shape}")
-    if not np.issubdtype(images.dtype, np.floating):
-        raise InputError(f"{path}: 'images' must be float32 (preprocessed), got {images.dtype}")
-    if images.shape[0] == 0:
-        raise InputError(f"{path}: 'images' is empty")
-    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-        raise InputError(f"{path}: 'labels' must have shape ({images.shape[0]},), got {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise InputError(f"{path}: 'labels' must be integers, got {labels.dtype}")
-    if labels.min() < 0:
-        raise InputError(f"{path}: 'labels' has a negative value ({int(labels.min())})")
-    class_names: list[str] | None = None
-    if "class_names" in arrays:
-        names = arrays["class_names"]
-        if names.ndim != 1 or names.dtype.kind not in "US":
-            raise InputError(
-                f"{path}: 'class_names' must be a 1-D string array, got {names.dtype} {names.shape}"
-            )
-        class_names = [str(n) for n in names.tolist()]
-        num_classes = len(class_names)
-        if labels.max() >= num_classes:
-            raise InputError(f"{path}: label {int(labels.max())} but only {num_classes} class_names")
-    else:
-        num_classes = int(labels.max()) + 1
-    return np.ascontiguousarray(images, dtype=np.float32), labels.astype(np.int64), num_classes, class_names
+def _compare_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m runtime_bench compare",
+        description="Compare two runtime_bench JSON reports (models matched by label); prints Markdown.",
+    )
+    parser.add_argument("a", metavar="A.json", help="the reference report")
+    parser.add_argument("b", metavar="B.json", help="the report compared with it (ratios are B / A)")
+    parser.add_argument("--md", metavar="OUT.md", help="also write the Markdown to this file")
+    return parser
+
+
+def _check_output_folders(*targets: str | None) -> None:
+    for target in targets:
+        if target is not None:
+            folder = os.path.dirname(os.path.abspath(target))
+            if not os.path.isdir(folder):
+                raise InputError(f"{target}: folder {folder} does not exist")
+
+
+def _timing_args(args: Any) -> dict[str, Any]:
+    return {
+        "warmup_runs": args.warmup_runs,
+        "warmup_s": args.warmup_seconds,
+        "min_runs": args.min_runs,
+        "min_s": args.min_seconds,
+        "strict": args.strict,
+        "blocks": args.blocks,
+        "progress": not args.quiet,
+    }
+
+
+def _write(report: dict[str, Any], json_path: str, md_path: str | None, quiet: bool) -> None:
+    from runtime_bench.report import to_markdown, write_json_atomic, write_text_atomic
+
+    write_json_atomic(report, json_path)
+    if md_path:
+        write_text_atomic(to_markdown(report), md_path)
+    if not quiet:
+        print(f"[runtime_bench] wrote {json_path}" + (f" and {md_path}" if md_path else ""), file=sys.stderr)
+
+
+def _run_bundle(args: Any) -> int:
+    from runtime_bench.bundle import benchmark_bundle, default_report_path
+
+    if args.data is not None:
+        raise InputError(
+            f"--data is not used with a bundle folder: {args.models[0]}/manifest.json names the eval file"
+        )
+    json_path = args.json or default_report_path(args.models[0])
+    _check_output_folders(json_path, args.md)
+    report = benchmark_bundle(
+        args.models[0],
+        backend=args.backend,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        **_timing_args(args),
+    )
+    _write(report, json_path, args.md, args.quiet)
+    return 0
 
 
 def _run(args: Any) -> int:
     # Imported here so `--help` and argument errors stay instant.
     from runtime_bench.bench import model_labels, run_benchmark
-    from runtime_bench.report import to_markdown, write_json_atomic, write_text_atomic
+    from runtime_bench.timing import timing_limits
 
+    timing_limits(args.strict, args.min_runs, args.min_seconds)  # a bad --strict combination fails first
+    if len(args.models) == 1 and os.path.isdir(args.models[0]):
+        return _run_bundle(args)
+    missing = [f"--{name}" for name in ("data", "json") if getattr(args, name) is None]
+    if missing:
+        raise InputError(f"the following arguments are required: {', '.join(missing)}")
     if len(args.models) > 2:
         raise InputError(f"got {len(args.models)} models; give one, or two (baseline then candidate)")
-    for option in ("json", "md"):
-        target = getattr(args, option)
-        if target is not None:
-            folder = os.path.dirname(os.path.abspath(target))
-            if not os.path.isdir(folder):
-                raise InputError(f"{target}: folder {folder} does not exist")
+    _check_output_folders(args.json, args.md)
     images, labels, num_classes, class_names = load_eval_npz(args.data)
     for path in args.models:
+        if os.path.isdir(path):
+            raise InputError(
+                f"{path}: is a folder; benchmark a bundle folder on its own, without other models"
+            )
         if not os.path.isfile(path):
             raise InputError(f"{path}: no such file")
 
@@ -134,26 +189,34 @@ def _run(args: Any) -> int:
         num_classes,
         backend=args.backend,
         threads=args.threads,
-        batch_size=args.batch_size,
-        warmup_runs=args.warmup_runs,
-        warmup_s=args.warmup_seconds,
-        min_runs=args.min_runs,
-        min_s=args.min_seconds,
-        progress=not args.quiet,
+        batch_size=1 if args.batch_size is None else args.batch_size,
+        **_timing_args(args),
     )
     report["settings"]["data"] = os.fspath(args.data)
     if class_names is not None:
         report["settings"]["class_names"] = class_names
-    write_json_atomic(report, args.json)
+    _write(report, args.json, args.md, args.quiet)
+    return 0
+
+
+def _run_compare(argv: list[str]) -> int:
+    from runtime_bench.compare import compare_files
+    from runtime_bench.report import write_text_atomic
+
+    args = _compare_parser().parse_args(argv)
+    _check_output_folders(args.md)
+    _, markdown = compare_files(args.a, args.b)
+    sys.stdout.write(markdown)
     if args.md:
-        write_text_atomic(to_markdown(report), args.md)
-    if not args.quiet:
-        print(f"[runtime_bench] wrote {args.json}" + (f" and {args.md}" if args.md else ""), file=sys.stderr)
+        write_text_atomic(markdown, args.md)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv and argv[0] == COMPARE and not os.path.exists(COMPARE):
+            return _run_compare(argv[1:])
         args = _parser().parse_args(argv)
         return _run(args)
     except EdgePruneError as exc:

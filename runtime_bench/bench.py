@@ -13,8 +13,8 @@ from runtime_bench.accuracy import check_images, check_labels, evaluate, top1_ag
 from runtime_bench.backends import Backend, open_backend
 from runtime_bench.errors import InputError
 from runtime_bench.report import bench_report
-from runtime_bench.stats import ratio_with_spread, summarize
-from runtime_bench.timing import compare_alternating
+from runtime_bench.stats import DEFAULT_BLOCKS, check_blocks, ratio_with_spread, summarize
+from runtime_bench.timing import compare_alternating, timing_limits
 
 ACCURACY_BATCH_SIZE = 32
 
@@ -80,17 +80,27 @@ def run_benchmark(
     batch_size: int = 1,
     warmup_runs: int = 10,
     warmup_s: float = 0.5,
-    min_runs: int = 50,
-    min_s: float = 2.0,
+    min_runs: int | None = None,
+    min_s: float | None = None,
     progress: bool = True,
+    strict: bool = False,
+    blocks: int = DEFAULT_BLOCKS,
 ) -> dict[str, Any]:
     """Benchmark `models` (label -> ONNX path, or an already opened Backend) and return the report.
 
     With exactly two models the first is the baseline (e.g. "dense") and the second the candidate
-    (e.g. "pruned"); the report then has a `comparison` with the p50 speedup and its spread.
+    (e.g. "pruned"); the report then has a `comparison` with the p50 (and p90) speedup and spread.
+    More models are all timed interleaved, without a comparison.
+
+    `min_runs`/`min_s` None take the mode's defaults: quick (50 runs, 2 s, p50 headline) or, with
+    `strict`, MLPerf single-stream (1024 runs, 600 s, p90 headline; lower values are an error).
+    `blocks`: the timed runs are split into this many consecutive blocks to report drift.
     """
     if not models:
         raise InputError("no models to benchmark")
+    limits = timing_limits(strict, min_runs, min_s)
+    min_runs, min_s = limits["min_runs"], limits["min_s"]
+    blocks = check_blocks(blocks)
     images = check_images(images)
     labels = check_labels(labels, num_classes, count=images.shape[0])
     if batch_size < 1:
@@ -139,33 +149,50 @@ def run_benchmark(
         model.run(batch)  # surfaces runtime errors here, outside the timed loop
     timed = {label: model.prepare(batch) for label, model in opened.items()}
     report_progress.line(
-        f"latency: {', '.join(opened)} interleaved, batch {batch_size}, at least {min_runs} runs and {min_s:g} s"
+        f"latency ({limits['mode']} mode): {', '.join(opened)} interleaved, batch {batch_size}, "
+        f"at least {min_runs} runs and {min_s:g} s"
     )
     samples = compare_alternating(
         timed, warmup_runs=warmup_runs, warmup_s=warmup_s, min_runs=min_runs, min_s=min_s
     )
+    # Conditions at the end of timing: a chip that heated up during the run shows it here.
+    env["after_timing"] = environment.snapshot()
 
     entries: dict[str, dict[str, Any]] = {}
     for label, model in opened.items():
-        latency = summarize(samples[label], batch_size=batch_size)
+        latency = summarize(samples[label], batch_size=batch_size, blocks=blocks)
+        latency["headline_ms"] = latency[limits["headline"]]
         entries[label] = {
             "path": paths[label],
             "backend": model.info(),
             "latency": latency,
             "accuracy": accuracy[label],
         }
-        report_progress.line(f"{label}: p50 {latency['p50_ms']:.3f} ms over {latency['count']} runs")
+        report_progress.line(
+            f"{label}: p50 {latency['p50_ms']:.3f} ms, p90 {latency['p90_ms']:.3f} ms over {latency['count']} runs "
+            f"(block p50 spread {latency['blocks']['relative_range']:.1%})"
+        )
+    late = environment.temperature_warnings(env["after_timing"].get("thermal"), when="after timing")
+    late += environment.drift_warnings({label: entry["latency"] for label, entry in entries.items()})
+    for warning in late:
+        report_progress.line(f"warning: {warning}")
+    env["warnings"] = list(env["warnings"]) + late
 
     comparison = None
     if len(opened) == 2:
         baseline, candidate = list(opened)
         spread = ratio_with_spread(samples[baseline], samples[candidate])
+        spread90 = ratio_with_spread(samples[baseline], samples[candidate], percentile=90.0)
         comparison = {
             "baseline": baseline,
             "candidate": candidate,
             "speedup_p50": spread["ratio"],
             "low": spread["low"],
             "high": spread["high"],
+            "speedup_p90": spread90["ratio"],
+            "low_p90": spread90["low"],
+            "high_p90": spread90["high"],
+            "headline": limits["headline"],
             "top1_agreement": top1_agreement(logits[baseline], logits[candidate]),
         }
         report_progress.line(
@@ -175,12 +202,17 @@ def run_benchmark(
     settings = {
         "backend": backend,
         "threads": threads,
+        "inter_op_threads": 1 if backend.startswith("ort-") else None,
+        "thread_env": env.get("thread_env"),
         "batch_size": batch_size,
         "accuracy_batch_size": ACCURACY_BATCH_SIZE,
+        "mode": limits["mode"],
+        "headline": limits["headline"],
         "warmup_runs": warmup_runs,
         "warmup_s": warmup_s,
         "min_runs": min_runs,
         "min_s": min_s,
+        "blocks": blocks,
         "timing": "interleaved, order rotated each round",
         "num_images": int(images.shape[0]),
         "num_classes": int(num_classes),

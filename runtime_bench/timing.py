@@ -1,5 +1,12 @@
 """Timing loops (MLPerf single-stream style): warm up, then time calls until both a minimum
-count and a minimum duration are reached. The clock is injectable so tests are deterministic."""
+count and a minimum duration are reached. The clock is injectable so tests are deterministic.
+
+Two sets of limits: the quick defaults (QUICK_*: seconds per model, good for development) and
+`strict` mode, MLPerf's single-stream minimums (STRICT_*: at least 1024 queries and 600 s, p90 as
+the headline latency). `timing_limits` turns a mode plus optional user values into the limits. When models alternate
+(`compare_alternating`), the duration is the wall-clock span of the timed phase, which every model's
+samples cover from start to end; each model gets at least `min_runs` queries of its own.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,39 @@ from typing import Callable
 from runtime_bench.errors import InputError
 
 Clock = Callable[[], float]
+
+QUICK_MIN_RUNS = 50
+QUICK_MIN_S = 2.0
+QUICK_HEADLINE = "p50_ms"
+# MLPerf Inference single-stream: min_query_count 1024, min_duration 600 s, 90th percentile latency.
+STRICT_MIN_RUNS = 1024
+STRICT_MIN_S = 600.0
+STRICT_HEADLINE = "p90_ms"
+
+
+def timing_limits(strict: bool = False, min_runs: int | None = None, min_s: float | None = None) -> dict:
+    """{"mode", "min_runs", "min_s", "headline"} for quick or strict mode.
+
+    None takes the mode's default. In strict mode a value below the MLPerf minimum is an error
+    (the run would not be MLPerf-conformant); larger values are kept.
+    """
+    if strict:
+        if min_runs is not None and min_runs < STRICT_MIN_RUNS:
+            raise InputError(f"min_runs={min_runs} is below the strict-mode minimum of {STRICT_MIN_RUNS}")
+        if min_s is not None and min_s < STRICT_MIN_S:
+            raise InputError(f"min_s={min_s:g} is below the strict-mode minimum of {STRICT_MIN_S:g} s")
+        return {
+            "mode": "strict",
+            "min_runs": STRICT_MIN_RUNS if min_runs is None else int(min_runs),
+            "min_s": STRICT_MIN_S if min_s is None else float(min_s),
+            "headline": STRICT_HEADLINE,
+        }
+    return {
+        "mode": "quick",
+        "min_runs": QUICK_MIN_RUNS if min_runs is None else int(min_runs),
+        "min_s": QUICK_MIN_S if min_s is None else float(min_s),
+        "headline": QUICK_HEADLINE,
+    }
 
 
 def _check_limits(

@@ -8,13 +8,26 @@ import torchvision
 from toolchain.assets import MOBILENET_V2_FILENAME, WEIGHTS_PACKAGE, package_dir
 
 
-def calibrated(model: torch.nn.Module, size: int = 64, seed: int = 0) -> torch.nn.Module:
-    """Random weights with BatchNorm statistics from real forward passes, so BN folding is non-trivial."""
+def calibrated(model: torch.nn.Module, size: int = 64, seed: int = 0, exact: bool = False) -> torch.nn.Module:
+    """Random weights with BatchNorm statistics from real forward passes, so BN folding is non-trivial.
+
+    `exact`: statistics are the plain average of the passes (momentum None) rather than 3 momentum steps
+    from the init, so that every BatchNorm standardises its outputs as in a trained model; without it deep
+    random models (MobileNetV3) end with activations and logits of ~1e-5.
+    """
     torch.manual_seed(seed)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    if exact:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
     model.train()
     with torch.no_grad():
         for _ in range(3):
             model(torch.randn(8, 3, size, size))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
     return model.eval()
 
 
@@ -37,3 +50,26 @@ def family(name: str, num_classes: int = 10) -> torch.nn.Module:
             pytest.skip(f"package {WEIGHTS_PACKAGE} not installed (make installs it)")
         return model
     return calibrated(torchvision.models.get_model(name, num_classes=num_classes))
+
+
+def realistic_family(name: str, size: int, num_classes: int = 10, seed: int = 0) -> torch.nn.Module:
+    """A covered family (toolchain.families) with random weights made to behave like a trained model where
+    the tests depend on it: exact BatchNorm statistics; ConvNeXt layer scales of 0.1 to 1 instead of the
+    init's 1e-6 (blocks that contribute, so that pruning them changes something); the classifier scaled
+    to logits of about 10, so that the epsilon head rule absorbs ~1e-7 of the relevance, not percents."""
+    from toolchain.families import build, classifier_layer
+
+    torch.manual_seed(seed)
+    model = build(name, num_classes)
+    with torch.no_grad():
+        for param_name, param in model.named_parameters():
+            if param_name.endswith("layer_scale"):
+                param.uniform_(0.1, 1.0)
+    model = calibrated(model, size=size, seed=seed, exact=True)
+    head = classifier_layer(model)[1]
+    with torch.no_grad():
+        scale = float(model(torch.randn(8, 3, size, size)).abs().max())
+        head.weight.mul_(10.0 / scale)
+        if head.bias is not None:
+            head.bias.mul_(10.0 / scale)
+    return model

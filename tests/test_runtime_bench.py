@@ -13,13 +13,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from runtime_bench import environment
+from runtime_bench.__main__ import main as cli_main
 from runtime_bench.accuracy import classification_metrics, evaluate, harmonic_mean, top1_agreement
 from runtime_bench.backends import FAKE_BACKEND_NAME, OrtCpuBackend, open_backend
 from runtime_bench.bench import run_benchmark
+from runtime_bench.compare import compare_files, compare_reports
 from runtime_bench.errors import InputError
 from runtime_bench.report import SCHEMA_VERSION, to_markdown, write_json_atomic
-from runtime_bench.stats import ratio_with_spread, summarize
-from runtime_bench.timing import compare_alternating, measure
+from runtime_bench.stats import block_spread, ratio_with_spread, summarize
+from runtime_bench.timing import compare_alternating, measure, timing_limits
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 3
@@ -414,3 +417,332 @@ def test_import_isolation():
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
+
+
+# ---------------------------------------------------------------- methodology: strict mode and drift
+
+
+def test_timing_limits_quick_and_strict():
+    assert timing_limits() == {"mode": "quick", "min_runs": 50, "min_s": 2.0, "headline": "p50_ms"}
+    assert timing_limits(min_runs=5, min_s=0.1)["min_runs"] == 5
+    assert timing_limits(strict=True) == {
+        "mode": "strict",
+        "min_runs": 1024,
+        "min_s": 600.0,
+        "headline": "p90_ms",
+    }
+    assert timing_limits(strict=True, min_runs=2000, min_s=900)["min_runs"] == 2000  # more is allowed
+    with pytest.raises(InputError) as info:
+        timing_limits(strict=True, min_runs=100)
+    assert str(info.value) == "min_runs=100 is below the strict-mode minimum of 1024"
+    with pytest.raises(InputError) as info:
+        timing_limits(strict=True, min_s=60)
+    assert str(info.value) == "min_s=60 is below the strict-mode minimum of 600 s"
+
+
+def test_strict_minimums_reach_both_count_and_duration():
+    limits = timing_limits(strict=True)
+    clock = FakeClock()
+    # 1 s per query: 1024 queries already take 1024 s > 600 s, so the count decides.
+    samples = measure(lambda: clock.advance(1.0), warmup_runs=0, warmup_s=0,
+                      min_runs=limits["min_runs"], min_s=limits["min_s"], clock=clock)  # fmt: skip
+    assert len(samples) == 1024
+    # Two models alternating at 0.125 s each: a round is 0.25 s, so 600 s needs 2400 rounds.
+    clock = FakeClock()
+    fns = {"a": lambda: clock.advance(0.125), "b": lambda: clock.advance(0.125)}
+    samples = compare_alternating(fns, warmup_runs=0, warmup_s=0, min_runs=limits["min_runs"],
+                                  min_s=limits["min_s"], clock=clock)  # fmt: skip
+    assert len(samples["a"]) == len(samples["b"]) == 2400
+
+
+def test_run_benchmark_strict_rejects_low_minimums_before_measuring(tmp_path: Path):
+    spec = tmp_path / "m.json"
+    spec.write_text(json.dumps({"seconds_per_call": 10.0}))
+    with pytest.raises(InputError) as info:
+        run_benchmark({"m": str(spec)}, np.zeros((2, 1, 2, 2), np.float32), np.array([0, 1]), 2,
+                      backend=FAKE_BACKEND_NAME, strict=True, min_runs=10, progress=False)  # fmt: skip
+    assert str(info.value) == "min_runs=10 is below the strict-mode minimum of 1024"
+
+
+def test_block_spread_on_known_samples():
+    latencies_s = np.arange(1, 21) / 1000.0  # 1..20 ms, a steady upward drift
+    spread = block_spread(latencies_s, blocks=5)  # blocks of 4: medians 2.5, 6.5, ... 18.5 ms
+    assert spread["count"] == 5
+    assert spread["p50_ms"] == pytest.approx([2.5, 6.5, 10.5, 14.5, 18.5])
+    assert (spread["min_ms"], spread["max_ms"]) == pytest.approx((2.5, 18.5))
+    assert spread["relative_range"] == pytest.approx(16.0 / 2.5)
+    steady = block_spread([0.002] * 50)
+    assert steady["relative_range"] == 0.0 and steady["p50_ms"] == pytest.approx([2.0] * 5)
+    few = block_spread([0.001, 0.003], blocks=5)  # fewer samples than blocks: one block per sample
+    assert few["count"] == 2 and few["p50_ms"] == pytest.approx([1.0, 3.0])
+    assert summarize(latencies_s)["blocks"] == spread  # summarize reports it too
+    with pytest.raises(InputError) as info:
+        block_spread(latencies_s, blocks=0)
+    assert str(info.value) == "blocks=0: must be a positive integer"
+
+
+def test_ratio_with_spread_at_p90():
+    a = np.arange(1, 101) / 1000.0
+    b = a / 2
+    spread = ratio_with_spread(a, b, percentile=90.0)
+    assert spread["ratio"] == pytest.approx(2.0)
+    assert spread["low"] < 2.0 < spread["high"]  # a and b are resampled independently
+    assert ratio_with_spread([0.004] * 20, [0.001] * 20, percentile=90.0)["low"] == pytest.approx(4.0)
+
+
+def test_drift_warning_over_ten_percent():
+    latency = {
+        "m": {"blocks": {"count": 5, "relative_range": 0.25}},
+        "ok": {"blocks": {"count": 5, "relative_range": 0.05}},
+    }
+    assert environment.drift_warnings(latency) == [
+        "m: p50 drifted 25% across 5 consecutive blocks of runs (> 10%): the machine was noisy or "
+        "throttling; rerun or lock the clocks"
+    ]
+
+
+def test_report_records_mode_headline_blocks_and_threads(tmp_path: Path):
+    spec = tmp_path / "m.json"
+    spec.write_text(json.dumps({"seconds_per_call": 0.0005, "logits": [0.0, 1.0]}))
+    report = run_benchmark({"m": str(spec)}, np.zeros((2, 1, 2, 2), np.float32), np.array([0, 1]), 2,
+                           backend=FAKE_BACKEND_NAME, threads=2, batch_size=2, warmup_runs=1, warmup_s=0,
+                           min_runs=12, min_s=0, blocks=3, progress=False)  # fmt: skip
+    settings, latency = report["settings"], report["models"]["m"]["latency"]
+    assert (settings["mode"], settings["headline"], settings["blocks"]) == ("quick", "p50_ms", 3)
+    assert (settings["threads"], settings["batch_size"]) == (2, 2)
+    assert latency["headline_ms"] == latency["p50_ms"]
+    assert latency["blocks"]["count"] == 3 and len(latency["blocks"]["p50_ms"]) == 3
+    assert latency["throughput"] == pytest.approx(2 / (latency["mean_ms"] / 1000))
+    assert set(report["environment"]["after_timing"]) == {"cpu_freq", "thermal", "load_average"}
+    assert "block p50 spread" in to_markdown(report)
+
+
+# ---------------------------------------------------------------- environment: Jetson on a fake sysfs root
+
+_CLOCKS_SHOW = """SOC family:tegra234  Machine:NVIDIA Jetson Orin Nano Developer Kit
+Online CPUs: 0-5
+cpu0: Online=1 Governor=schedutil MinFreq=1510400 MaxFreq=1510400 CurrentFreq=1510400 IdleStates: WFI=0 c7=0
+cpu1: Online=1 Governor=schedutil MinFreq=1510400 MaxFreq=1510400 CurrentFreq=1510400 IdleStates: WFI=0 c7=0
+cpu4: Online=0 Governor=schedutil MinFreq=115200 MaxFreq=1510400 CurrentFreq=115200 IdleStates: WFI=0 c7=0
+GPU MinFreq=624750000 MaxFreq=624750000 CurrentFreq=624750000
+EMC MinFreq=204000000 MaxFreq=2133000000 CurrentFreq=2133000000 FreqOverride=1
+FAN Dynamic Speed control=active hwmon3_pwm=0
+NV Power Mode: 15W
+"""
+
+
+def _write(root: Path, relative: str, text: str) -> None:
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _fake_jetson(root: Path) -> Path:
+    _write(
+        root,
+        "etc/nv_tegra_release",
+        "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64\n",
+    )
+    _write(root, "proc/device-tree/model", "NVIDIA Jetson Orin Nano Developer Kit\x00")
+    _write(root, "proc/cpuinfo", "processor\t: 0\nmodel name\t: ARMv8 Processor rev 1 (v8l)\n")
+    _write(root, "proc/loadavg", "0.50 0.40 0.30 1/200 1234\n")
+    for cpu, (low, high) in enumerate([(115200, 1510400), (115200, 1510400)]):
+        base = f"sys/devices/system/cpu/cpu{cpu}/cpufreq/"
+        _write(root, base + "scaling_cur_freq", "729600\n")
+        _write(root, base + "scaling_min_freq", f"{low}\n")
+        _write(root, base + "scaling_max_freq", f"{high}\n")
+        _write(root, base + "cpuinfo_max_freq", "1510400\n")
+        _write(root, base + "scaling_governor", "schedutil\n")
+    for zone, (kind, milli) in enumerate(
+        [("cpu-thermal", 45500), ("gpu-thermal", 85250), ("PMIC-Die", 100000)]
+    ):
+        _write(root, f"sys/class/thermal/thermal_zone{zone}/type", kind + "\n")
+        _write(root, f"sys/class/thermal/thermal_zone{zone}/temp", f"{milli}\n")
+    _write(root, "sys/class/devfreq/17000000.ga10b/min_freq", "306000000\n")
+    _write(root, "sys/class/devfreq/17000000.ga10b/max_freq", "624750000\n")
+    _write(root, "var/lib/nvpmodel/status", "pmode:0001 fmode:quiet\n")
+    _write(
+        root,
+        "etc/nvpmodel.conf",
+        "< POWER_MODEL ID=0 NAME=15W >\nCPU_ONLINE CORE_0 1\n< POWER_MODEL ID=1 NAME=7W >\n",
+    )
+    hwmon = "sys/class/hwmon/hwmon1/"
+    _write(root, hwmon + "name", "ina3221\n")
+    _write(root, hwmon + "in1_label", "VDD_IN\n")
+    _write(root, hwmon + "in1_input", "5000\n")
+    _write(root, hwmon + "curr1_input", "1200\n")
+    _write(root, hwmon + "in2_label", "VDD_CPU_GPU_CV\n")
+    _write(root, hwmon + "in2_input", "5000\n")
+    _write(root, hwmon + "curr2_input", "400\n")
+    return root
+
+
+def _no_commands(args):
+    return None
+
+
+def test_jetson_capture_from_sysfs_without_tools(tmp_path: Path):
+    env = environment.capture(root=str(_fake_jetson(tmp_path)), runner=_no_commands)
+    jetson = env["jetson"]
+    assert jetson["l4t_release"] == "R36.4.3"
+    assert jetson["model"] == "NVIDIA Jetson Orin Nano Developer Kit"
+    assert jetson["nvpmodel"] == {"name": "7W", "id": 1, "source": "/var/lib/nvpmodel/status"}
+    assert jetson["clocks"] == {"source": "sysfs", "cpu_locked": False, "gpu_locked": False,
+                                "emc_locked": None, "locked": False}  # fmt: skip
+    assert jetson["power_rails"] == [
+        {"rail": "VDD_IN", "voltage_mv": 5000, "current_ma": 1200, "power_mw": 6000.0},
+        {"rail": "VDD_CPU_GPU_CV", "voltage_mv": 5000, "current_ma": 400, "power_mw": 2000.0},
+    ]
+    assert "jtop" not in jetson  # never consulted for a fake root
+    assert env["cpu_freq"] == {
+        "source": "sysfs", "cpus": 2, "cur_mhz_min": 729.6, "cur_mhz_max": 729.6, "scaling_min_mhz": 115.2,
+        "scaling_max_mhz": 1510.4, "hw_max_mhz": 1510.4, "governors": ["schedutil"], "locked": False,
+    }  # fmt: skip
+    assert [z["temp_c"] for z in env["thermal"]] == [45.5, 85.2, 100.0]
+    assert env["load_average"] == [0.5, 0.4, 0.3]
+    assert env["cpu_model"] == "ARMv8 Processor rev 1 (v8l)"
+    assert env["warnings"] == [
+        "CPU frequency governor is 'schedutil', not 'performance': latencies may vary with clock scaling",
+        # PMIC-Die's constant 100 C is a placeholder, not a reading: left out.
+        "high temperature (gpu-thermal 85.2 C > 80 C): the chip may be throttling",
+        "Jetson clocks are not locked (CPU, GPU scaling; run sudo jetson_clocks): latencies include frequency ramp-up",
+    ]
+
+
+def test_jetson_capture_with_nvpmodel_and_jetson_clocks(tmp_path: Path):
+    root = _fake_jetson(tmp_path)
+    answers = {
+        ("nvpmodel", "-q"): "NVPM WARN: fan mode is not set!\nNV Power Mode: 15W\n0\n",
+        ("jetson_clocks", "--show"): _CLOCKS_SHOW,
+    }
+    env = environment.capture(root=str(root), runner=lambda args: answers.get(tuple(args)))
+    assert env["jetson"]["nvpmodel"] == {"name": "15W", "id": 0, "source": "nvpmodel -q"}
+    assert env["jetson"]["clocks"] == {"source": "jetson_clocks --show", "cpu_locked": True, "gpu_locked": True,
+                                       "emc_locked": True, "locked": True}  # fmt: skip
+    assert not any("not locked" in w for w in env["warnings"])
+
+
+def test_capture_degrades_gracefully_on_a_bare_root(tmp_path: Path):
+    def broken(args):
+        raise RuntimeError("boom")
+
+    env = environment.capture(root=str(tmp_path), runner=broken)
+    assert env["jetson"] is None and env["thermal"] is None and env["cpu_freq"] is None
+    assert env["load_average"] is None and env["cpu_governor"] is None and env["nvidia_gpus"] is None
+    assert env["warnings"] == []
+    json.dumps(env)  # JSON-serializable
+    snap = environment.snapshot(root=str(tmp_path))
+    assert snap == {"cpu_freq": None, "thermal": None, "load_average": None}
+
+
+def test_capture_on_this_machine_never_raises():
+    env = environment.capture()
+    json.dumps(env)
+    assert isinstance(env["warnings"], list)
+
+
+# ---------------------------------------------------------------- compare
+
+
+def _synthetic_report(
+    p50: float, accuracy: float, cpu: str, ort: str, threads, version: str = SCHEMA_VERSION
+):
+    def model(scale: float) -> dict:
+        return {
+            "path": "m.onnx",
+            "backend": {"backend": "ort-cpu", "runtime": "onnxruntime", "version": ort, "threads": threads},
+            "latency": {"p50_ms": p50 * scale, "p90_ms": 1.5 * p50 * scale, "count": 100,
+                        "blocks": {"count": 5, "relative_range": 0.02}},
+            "accuracy": {"accuracy": accuracy, "harmonic_mean": accuracy - 0.1, "count": 50},
+        }  # fmt: skip
+
+    return {
+        "schema_version": version,
+        "created_utc": "2026-11-25T12:00:00Z",
+        "settings": {
+            "backend": "ort-cpu",
+            "threads": threads,
+            "batch_size": 1,
+            "mode": "quick",
+            "headline": "p50_ms",
+        },
+        "environment": {
+            "cpu_model": cpu,
+            "logical_cores": 4,
+            "onnxruntime": ort,
+            "machine": "x86_64",
+            "warnings": [],
+        },
+        "models": {"dense": model(1.0), "pruned": model(0.5)},
+        "comparison": None,
+    }
+
+
+def test_compare_reports_ratios_deltas_and_environment():
+    a = _synthetic_report(10.0, 0.90, "Xeon", "1.32.0", None)
+    b = _synthetic_report(20.0, 0.85, "Cortex-A78AE", "1.20.0", 4)
+    del b["models"]["pruned"]
+    b["models"]["extra"] = b["models"]["dense"]
+    result = compare_reports(a, b)
+    (row,) = result["models"]
+    assert row["label"] == "dense"
+    assert row["p50_ratio"] == pytest.approx(2.0) and row["p90_ratio"] == pytest.approx(2.0)
+    assert row["accuracy_delta"] == pytest.approx(-0.05)
+    assert result["only_in_a"] == ["pruned"] and result["only_in_b"] == ["extra"]
+    differing = {d["what"]: (d["a"], d["b"]) for d in result["differences"]}
+    assert differing["CPU"] == ("Xeon", "Cortex-A78AE")
+    assert differing["onnxruntime"] == ("1.32.0", "1.20.0")
+    assert differing["threads"] == ("runtime default", "4")
+    assert "batch size" not in differing
+
+
+def test_compare_cli_prints_markdown_table(tmp_path: Path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(_synthetic_report(10.0, 0.90, "Xeon", "1.32.0", None)))
+    b.write_text(json.dumps(_synthetic_report(5.0, 0.91, "Xeon", "1.32.0", None, version="1")))
+    out_md = tmp_path / "cmp.md"
+    done = _cli("compare", str(a), str(b), "--md", str(out_md))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == out_md.read_text() == compare_files(a, b)[1]
+    assert (
+        "| dense | 10.000 | 5.000 | 0.500 | 15.000 | 7.500 | 0.500 | 0.9000 | 0.9100 | +0.0100 |"
+        in done.stdout
+    )
+    assert "| pruned | 5.000 | 2.500 | 0.500 |" in done.stdout
+    assert "None in CPU, cores, runtime" in done.stdout
+
+
+def test_compare_cli_errors_are_one_line(tmp_path: Path):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(_synthetic_report(10.0, 0.9, "Xeon", "1.32.0", None)))
+    missing = tmp_path / "missing.json"
+    done = _cli("compare", str(good), str(missing))
+    assert done.returncode == 2 and done.stderr.splitlines() == [f"error: {missing}: no such file"]
+
+    future = tmp_path / "future.json"
+    future.write_text(json.dumps(_synthetic_report(10.0, 0.9, "Xeon", "1.32.0", None, version="9")))
+    done = _cli("compare", str(future), str(good))
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"error: {future}: schema_version '9' is not a runtime_bench report version this tool reads (1, 2)"
+    ]
+
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"hello": 1}))
+    done = _cli("compare", str(good), str(other))
+    assert done.stderr.splitlines() == [f"error: {other}: not a runtime_bench report (no schema_version)"]
+
+    notjson = tmp_path / "bad.json"
+    notjson.write_text("{")
+    assert cli_main(["compare", str(notjson), str(good)]) == 2
+
+
+def test_compare_keyword_yields_to_a_file_named_compare(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "compare").write_text("not a model")
+    assert cli_main(["compare", "x.json"]) == 2  # treated as a model path: the model usage applies
+    assert capsys.readouterr().err.splitlines() == [
+        "error: the following arguments are required: --data, --json"
+    ]

@@ -26,6 +26,8 @@ FORMAT_VERSION = 1
 
 
 def layer_shapes(model: nn.Module) -> dict[str, dict]:
+    """Every prunable layer's shape, plus the shape of each parameter that a module holds outside such
+    layers (ConvNeXt's layer scale, pruned with its channels), keyed `module.parameter`."""
     shapes = {}
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d):
@@ -34,6 +36,13 @@ def layer_shapes(model: nn.Module) -> dict[str, dict]:
             shapes[name] = {"type": "BatchNorm2d", "features": m.num_features}
         elif isinstance(m, nn.Linear):
             shapes[name] = {"type": "Linear", "in": m.in_features, "out": m.out_features}
+        elif isinstance(m, nn.LayerNorm):  # and subclasses such as ConvNeXt's LayerNorm2d
+            shapes[name] = {"type": type(m).__name__, "shape": list(m.normalized_shape)}
+        elif isinstance(m, nn.GroupNorm):
+            shapes[name] = {"type": "GroupNorm", "channels": m.num_channels, "groups": m.num_groups}
+        else:
+            for attr, param in m.named_parameters(recurse=False):
+                shapes[f"{name}.{attr}" if name else attr] = {"type": "Parameter", "shape": list(param.shape)}
     return shapes
 
 
@@ -41,6 +50,13 @@ def apply_shapes(model: nn.Module, shapes: dict[str, dict]) -> None:
     """Resize layers in place to the manifest's shapes (values come from the weights file next)."""
     modules = dict(model.named_modules())
     for name, spec in shapes.items():
+        if spec["type"] == "Parameter":
+            owner_name, _, attr = name.rpartition(".")
+            owner = modules.get(owner_name)
+            if owner is None or not isinstance(getattr(owner, attr, None), nn.Parameter):
+                raise InputError(f"{MANIFEST}: parameter {name} does not exist in the rebuilt model")
+            setattr(owner, attr, nn.Parameter(torch.empty(spec["shape"])))
+            continue
         m = modules.get(name)
         if m is None or type(m).__name__ != spec["type"]:
             raise InputError(f"{MANIFEST}: layer {name} ({spec['type']}) does not exist in the rebuilt model")
@@ -61,6 +77,16 @@ def apply_shapes(model: nn.Module, shapes: dict[str, dict]) -> None:
             m.weight = nn.Parameter(torch.empty(spec["out"], spec["in"]))
             if m.bias is not None:
                 m.bias = nn.Parameter(torch.empty(spec["out"]))
+        elif isinstance(m, nn.LayerNorm):
+            m.normalized_shape = tuple(spec["shape"])
+            if m.weight is not None:
+                m.weight = nn.Parameter(torch.empty(spec["shape"]))
+            if m.bias is not None:
+                m.bias = nn.Parameter(torch.empty(spec["shape"]))
+        elif isinstance(m, nn.GroupNorm):
+            m.num_channels, m.num_groups = spec["channels"], spec["groups"]
+            if m.affine:
+                m.weight, m.bias = nn.Parameter(torch.empty(m.num_channels)), nn.Parameter(torch.empty(m.num_channels))
 
 
 def source_hashes(source: ModelSource) -> dict[str, str]:
@@ -70,7 +96,7 @@ def source_hashes(source: ModelSource) -> dict[str, str]:
     return hashes
 
 
-def save_pruned(out: pathlib.Path, model: nn.Module, head: nn.Linear, manifest: dict) -> None:
+def save_pruned(out: pathlib.Path, model: nn.Module, head: nn.Module, manifest: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     manifest = dict(manifest, format_version=FORMAT_VERSION, layers=layer_shapes(model))
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -110,6 +136,13 @@ def _source(manifest: dict, path: pathlib.Path) -> ModelSource:
     return rebuilt
 
 
+def _head_module(weight: torch.Tensor) -> nn.Module:
+    """A Linear head, or a conv classifier (SqueezeNet) for a 4-D weight."""
+    if weight.ndim == 4:
+        return nn.Conv2d(weight.shape[1], weight.shape[0], tuple(weight.shape[2:]))
+    return nn.Linear(weight.shape[1], weight.shape[0])
+
+
 def load_dense_and_pruned(out: pathlib.Path) -> tuple[dict, nn.Module, nn.Module]:
     """Rebuild (manifest, dense model with its fitted head, pruned model) from an artifact folder."""
     manifest = read_manifest(out)
@@ -118,7 +151,7 @@ def load_dense_and_pruned(out: pathlib.Path) -> tuple[dict, nn.Module, nn.Module
 
     dense = _source(manifest, path)
     head_state = load_file(str(out / HEAD))
-    head = nn.Linear(head_state["weight"].shape[1], head_state["weight"].shape[0])
+    head = _head_module(head_state["weight"])
     head.load_state_dict(head_state)
     from .models import replace_module
 

@@ -64,6 +64,7 @@ def _prune_options(parser: argparse.ArgumentParser) -> None:
     dpx.add_argument("--m", type=int, help="units tried by a change of pruning order (default 8)")
     dpx.add_argument("--s-min-units", type=int, help="smallest step, in units (default 1)")
     dpx.add_argument("--rescore", choices=["accepted", "never"], help="recompute relevance after each commit")
+    dpx.add_argument("--signal", help="A(M): small-accuracy (as specified), crossfit-accuracy, crossfit-probability")
 
 
 def _load_yaml(path: pathlib.Path) -> dict:
@@ -130,6 +131,39 @@ def cmd_prune(args) -> int:
     return 0
 
 
+EXPORT_RECORD = "export.json"
+
+
+def reusable_manifest(out: pathlib.Path, config) -> dict | None:
+    from .artifact import MANIFEST, read_manifest
+    from .pipeline import config_hash
+
+    if not (out / MANIFEST).is_file():
+        return None
+    try:
+        manifest = read_manifest(out)
+    except InputError:
+        return None
+    return manifest if manifest.get("config_hash") == config_hash(config) else None
+
+
+def reusable_export(out: pathlib.Path, exporter: str) -> dict | None:
+    from runtime_bench.bundle import sha256_file
+
+    from .artifact import WEIGHTS
+
+    record_path = out / EXPORT_RECORD
+    if not record_path.is_file():
+        return None
+    try:
+        record = json.loads(record_path.read_text())
+        fresh = (record["pruned_sha256"] == sha256_file(out / WEIGHTS) and record["exporter"] == exporter
+                 and all(sha256_file(r["path"]) == r["sha256"] for r in record["results"].values()))
+    except (OSError, ValueError, KeyError):
+        return None
+    return record["results"] if fresh else None
+
+
 def export_models(out: pathlib.Path, exporter: str = "auto", progress: bool = True) -> dict:
     """OUT/dense.onnx and OUT/model.onnx, each through the parity gate on the test images."""
     import torch
@@ -147,6 +181,13 @@ def export_models(out: pathlib.Path, exporter: str = "auto", progress: bool = Tr
             if progress:
                 print(f"exporting {label} model to {out / name} and checking it against PyTorch", file=sys.stderr)
             results[label] = export_verified(model, images, out / name, exporter=exporter)
+    from runtime_bench.bundle import sha256_file
+    from runtime_bench.report import write_json_atomic
+
+    from .artifact import WEIGHTS
+
+    write_json_atomic({"pruned_sha256": sha256_file(out / WEIGHTS), "exporter": exporter, "results": results},
+                      out / EXPORT_RECORD)
     return results
 
 
@@ -216,7 +257,9 @@ def cmd_bench(args) -> int:
 
 
 def cmd_deploy(args) -> int:
+    from .artifact import MANIFEST
     from .assets import prepare_default_assets
+    from .bundle import make_bundle
     from .pipeline import run_prune, test_arrays
     from .report import build_report, write_report
 
@@ -237,14 +280,26 @@ def cmd_deploy(args) -> int:
     resolved = dict(config.to_dict(), **extra)
     write_text_atomic(yaml.safe_dump(resolved, sort_keys=False), out / "config.resolved.yaml")
 
+    # Finished stages are reused when their inputs are unchanged (keyed by hashes), so a rerun after
+    # an interruption or a changed bench setting does not prune or export again.
     t = time.perf_counter()
-    manifest = run_prune(config, out, progress)
+    manifest = reusable_manifest(out, config)
+    if manifest is None:
+        manifest = run_prune(config, out, progress)
+    else:
+        print(f"reusing {out / MANIFEST}: same config hash {manifest['config_hash'][:12]}", file=sys.stderr)
     timings["prune"] = time.perf_counter() - t
     t = time.perf_counter()
-    export = export_models(out, (extra.get("export") or {}).get("exporter", "auto"), progress)
+    exporter = (extra.get("export") or {}).get("exporter", "auto")
+    export = reusable_export(out, exporter)
+    if export is None:
+        export = export_models(out, exporter, progress)
+    else:
+        print(f"reusing {out / 'dense.onnx'} and {out / 'model.onnx'}: same pruned weights", file=sys.stderr)
     timings["export"] = time.perf_counter() - t
     t = time.perf_counter()
     images, labels = test_arrays(manifest, progress=progress)
+    make_bundle(out, images, labels, manifest)
     bench = bench_models({"dense": str(out / "dense.onnx"), "pruned": str(out / "model.onnx")}, images, labels,
                          len(manifest["classes"]), extra.get("bench"), progress)
     timings["bench"] = time.perf_counter() - t

@@ -7,7 +7,6 @@ strictly; a mismatch is reported as one line listing the first missing/unexpecte
 from __future__ import annotations
 
 import difflib
-import hashlib
 import importlib.util
 import pathlib
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from runtime_bench.bundle import sha256_file
 from runtime_bench.errors import InputError
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
@@ -31,14 +31,6 @@ class ModelSource:
 
     def to_dict(self) -> dict:
         return {"model": self.model, "weights": self.weights, "output": self.output, "hashes": self.hashes}
-
-
-def sha256_file(path: str | pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class SelectOutput(nn.Module):

@@ -23,6 +23,7 @@ from runtime_bench.accuracy import classification_metrics
 from runtime_bench.errors import InputError
 
 from .controller import ControllerConfig, Unit, run_controller
+from .curves import class_averaged_auc, rate_grid, state_at_rates
 from .data import (
     Preprocessing,
     check_same_classes,
@@ -34,6 +35,7 @@ from .data import (
 from .head import fit_head
 from .models import ModelSource, build_model, check_logits, find_head, is_weights_file, torchvision_weights
 from .relevance import l1_filter_scores, lrp_filter_scores, random_filter_scores
+from .signals import SIGNALS, ControlSignal
 from .surgery import PruningGraph, as_selection, rank_chunks, select_channels
 
 METHODS = ("lrp", "l1", "random", "dpx")
@@ -71,6 +73,9 @@ class PruneConfig:
     m: int = 8
     s_min_units: int = 1
     rescore: str = "accepted"
+    signal: str = "small-accuracy"  # A(M): see toolchain/signals.py
+    # Ablations, reported beside (never instead of) the no-fine-tuning accuracy at every curve point.
+    ablations: bool = False
 
     def check(self) -> None:
         if not 0.0 < self.rate < 1.0:
@@ -89,6 +94,8 @@ class PruneConfig:
             raise InputError("--data: required (an image folder root/<class>/<image>)")
         if self.method == "dpx":
             self.controller_config()
+            if self.signal not in SIGNALS:
+                raise InputError(f"--signal {self.signal}: choose from {', '.join(SIGNALS)}")
 
     def controller_config(self) -> ControllerConfig:
         return ControllerConfig(s_max=self.step, s_min_units=self.s_min_units, delta=self.delta, tau=self.tau,
@@ -229,11 +236,31 @@ class PruneResult:
     controller: dict | None = None  # the dpx controller's log: every accepted and rejected step
 
 
-def curve_point(model: nn.Module, graph: PruningGraph, task: Task, example: torch.Tensor) -> dict:
+def ablation_accuracies(model: nn.Module, task: Task) -> dict:
+    """Test accuracy after re-fitting the head, and after recalibrating BatchNorm, on the small set only."""
+    classes = len(task.classes)
+    refit = copy.deepcopy(model)
+    fit_head(refit, task.small_x, task.small_y, classes)
+    recal = copy.deepcopy(model)
+    for m in recal.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the small set
+    recal.train()
+    with torch.no_grad():
+        recal(task.small_x)
+    refit_metrics = evaluate(refit, task.test_x, task.test_y, classes)
+    recal_metrics = evaluate(recal, task.test_x, task.test_y, classes)
+    return {"refit_head": {k: refit_metrics[k] for k in ("accuracy", "harmonic_mean")},
+            "bn_recalibrated": {k: recal_metrics[k] for k in ("accuracy", "harmonic_mean")}}
+
+
+def curve_point(model: nn.Module, graph: PruningGraph, task: Task, example: torch.Tensor,
+                ablations: bool = False) -> dict:
     macs, params = tp.utils.count_ops_and_params(model, example)
     test = evaluate(model, task.test_x, task.test_y, len(task.classes))
     small = evaluate(model, task.small_x, task.small_y, len(task.classes))
-    return {
+    point = {
         "rate": round(graph.pruned_fraction, 6),
         "filters": graph.filters,
         "macs": int(macs),
@@ -245,6 +272,9 @@ def curve_point(model: nn.Module, graph: PruningGraph, task: Task, example: torc
         "small_set_harmonic_mean": small["harmonic_mean"],
         "torch_latency_ms": torch_latency_ms(model, example[:1]),
     }
+    if ablations:
+        point["ablations"] = ablation_accuracies(model, task)
+    return point
 
 
 class TorchPrunable:
@@ -259,6 +289,18 @@ class TorchPrunable:
         self.original_filters = graph.original_filters
         self.scorer, self.record = scorer, record
         self.scores: dict[str, torch.Tensor] = {}
+        self.head = task.model.get_submodule(task.head_name)
+        self.signal = ControlSignal(config.signal, task.model, task.small_x, task.small_y, len(task.classes))
+
+    def head_inputs(self, selection: dict[str, list[int]]) -> list[int]:
+        """Positions of the head's input features that removing `selection` takes away."""
+        positions: list[int] = []
+        for root, channels in selection.items():
+            group = self.graph.graph.get_pruning_group(self.graph.modules[root], tp.prune_conv_out_channels, channels)
+            for dep, idxs in group:
+                if dep.target.module is self.head and not self.graph.graph.is_out_channel_pruning_fn(dep.handler):
+                    positions.extend(int(i) for i in idxs)
+        return positions
 
     def rescore(self) -> None:
         for name, score in self.scorer().items():
@@ -272,15 +314,17 @@ class TorchPrunable:
         return [Unit(key=c, filters=c.filters, score=c.score) for c in chunks]
 
     def harmonic_mean(self) -> float:
-        task = self.task
-        return evaluate(task.model, task.small_x, task.small_y, len(task.classes))["harmonic_mean"]
+        return self.signal(self.task.model)
 
     def harmonic_mean_without(self, units: list[Unit]) -> float:
-        with self.graph.mask(as_selection([u.key for u in units])):
-            return self.harmonic_mean()
+        selection = as_selection([u.key for u in units])
+        with self.graph.mask(selection):
+            return self.signal(self.task.model, self.head_inputs(selection))
 
     def commit(self, units: list[Unit]) -> None:
-        for root, channels in as_selection([u.key for u in units]).items():
+        selection = as_selection([u.key for u in units])
+        self.signal.drop_inputs(self.head_inputs(selection))
+        for root, channels in selection.items():
             self.graph.prune(root, channels)
         self.record()
 
@@ -295,12 +339,12 @@ def prune_with_controller(task: Task, config: PruneConfig, progress: bool = True
     example = task.small_x[:2]
     graph = PruningGraph(model, example, protected=[model.get_submodule(task.head_name)])
     controller_config = config.controller_config()
-    curve = [curve_point(model, graph, task, example)]
+    curve = [curve_point(model, graph, task, example, config.ablations)]
     next_grid = [config.step]
 
     def record():  # a curve point each time the rate crosses the next multiple of `step`
         if graph.pruned_fraction + 1e-9 >= next_grid[0] or graph.pruned_fraction >= config.rate - 1e-9:
-            curve.append(curve_point(model, graph, task, example))
+            curve.append(curve_point(model, graph, task, example, config.ablations))
             while next_grid[0] <= graph.pruned_fraction + 1e-9:
                 next_grid[0] += config.step
 
@@ -316,7 +360,7 @@ def prune_with_controller(task: Task, config: PruneConfig, progress: bool = True
     log = run_controller(TorchPrunable(task, config, graph, scorer, record), controller_config, on_event)
     bar.close()
     if curve[-1]["filters"] != graph.filters:
-        curve.append(curve_point(model, graph, task, example))
+        curve.append(curve_point(model, graph, task, example, config.ablations))
     return PruneResult(model, graph, curve, time.perf_counter() - started, log.relevance_passes, log.to_dict())
 
 
@@ -333,7 +377,7 @@ def prune(task: Task, config: PruneConfig, progress: bool = True) -> PruneResult
     target = int(round(config.rate * graph.original_filters))
     step_filters = max(1, int(round(config.step * graph.original_filters)))
     steps = math.ceil(target / step_filters)
-    curve = [curve_point(model, graph, task, example)]
+    curve = [curve_point(model, graph, task, example, config.ablations)]
     passes = 0
     bar = tqdm(total=steps, desc=f"pruning ({config.method})", unit="step", disable=not progress)
     removed = 0
@@ -350,11 +394,39 @@ def prune(task: Task, config: PruneConfig, progress: bool = True) -> PruneResult
         for root, channels in selection.items():
             graph.prune(root, channels)
         removed = graph.original_filters - graph.filters
-        curve.append(curve_point(model, graph, task, example))
+        curve.append(curve_point(model, graph, task, example, config.ablations))
         bar.update(1)
         bar.set_postfix(rate=f"{graph.pruned_fraction:.3f}", acc=f"{curve[-1]['accuracy']:.3f}", refresh=False)
     bar.close()
     return PruneResult(model, graph, curve, time.perf_counter() - started, passes)
+
+
+AUC_SNAP = 0.01  # a step lands slightly above its grid rate (whole chunks are removed); it stands for it
+
+
+def curve_auc(curve: list[dict], step: float, p_max: float) -> dict | None:
+    """Class-averaged AUC of the test accuracy curve on the grid 0, step, ..., p_max (METHOD.md).
+
+    The model state at a grid rate is the last curve point at or below it (+AUC_SNAP). None when p_max
+    is not a multiple of step.
+    """
+    if abs(round(p_max / step) * step - p_max) > 1e-9:
+        return None
+    grid = rate_grid(p_max, step)
+    states = state_at_rates([(p["rate"], p) for p in curve], [g + AUC_SNAP for g in grid])
+    auc = class_averaged_auc(grid, [s["per_class"] for s in states], p_max)
+    harmonic = [s["harmonic_mean"] for s in states]
+    return dict(auc, grid=grid, rates_used=[s["rate"] for s in states],
+                harmonic_mean_auc=float(np.trapezoid(harmonic, grid) / p_max),
+                reached=curve[-1]["rate"] >= p_max - AUC_SNAP)
+
+
+def config_hash(config: PruneConfig) -> str:
+    """What a finished prune stage is keyed by: the resolved config (with dataset and weights paths)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
 def manifest_for(task: Task, config: PruneConfig, result: PruneResult) -> dict:
@@ -364,12 +436,14 @@ def manifest_for(task: Task, config: PruneConfig, result: PruneResult) -> dict:
     return {
         "source": source,
         "config": config.to_dict(),
+        "config_hash": config_hash(config),
         "preprocessing": task.preprocessing.to_dict(),
         "classes": task.classes,
         "head": {"name": task.head_name, "fitted": config.head == "fit"},
         "plan": result.graph.plan(),
         "filters": {"original": result.graph.original_filters, "kept": result.graph.filters},
         "curve": result.curve,
+        "auc": curve_auc(result.curve, config.step, config.rate),
         "cost": {"seconds": round(result.seconds, 2), "relevance_passes": result.relevance_passes},
         "controller": result.controller,
         "skipped_images": task.skipped,

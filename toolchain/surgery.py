@@ -1,12 +1,22 @@
 """Physical channel surgery on a CNN through torch-pruning's dependency graph.
 
-A *channel group* is a set of conv filters that must be removed together: both sides of a residual add,
-a depthwise conv and the conv that feeds it, concat segments. torch-pruning's DependencyGraph finds
-them by tracing autograd, and it also shrinks every consumer (BatchNorm, the next conv's or linear
-layer's input channels). We keep three things beside the model:
+A *filter* is an output channel of a conv, or of a pointwise Linear layer (a 1x1 conv applied to
+channels-last features, as in ConvNeXt). A *channel group* is a set of filters that must be removed
+together: both sides of a residual add, a depthwise conv and the conv that feeds it, concat segments, a
+squeeze-excitation scale and the channels it gates. torch-pruning's DependencyGraph finds them by tracing
+autograd, and it also shrinks every consumer (BatchNorm, LayerNorm, the next layer's input channels).
 
-- the groups with, per channel, which conv outputs it covers (for scoring and for counting filters);
-- per conv, which ORIGINAL output channels it still has (the plan, stable across pruning steps);
+Constraints beyond torch-pruning's own:
+- a group that a grouped (not depthwise) conv reads or writes loses channels in *stripes*: the same
+  position in every conv group at once, so that every conv group keeps the same width;
+- channels that pass through a channel shuffle (ShuffleNet's streams) are not pruned: the shuffle's
+  permutation and the split after it would no longer line up;
+- the classifier (`protected`) never loses output channels, and its filters do not count in the rate.
+
+We keep three things beside the model:
+
+- the groups with, per channel, which filter layers' outputs it covers (for scoring and counting filters);
+- per filter layer, which ORIGINAL output channels it still has (the plan, stable across pruning steps);
 - masking, the reversible twin of shrinking, used to prove that the shrunk model computes exactly what
   the masked dense model computes.
 """
@@ -14,32 +24,163 @@ layer's input channels). We keep three things beside the model:
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch.nn import functional as F
 
 from runtime_bench.errors import InputError
 
 
 @dataclass
 class ChannelGroup:
-    """Channels that are pruned together; `members` are the convs whose OUTPUT channels they are."""
+    """Channels that are pruned together; `members` are the layers whose OUTPUT channels they are."""
 
-    root: str  # name of the conv the group is addressed by
-    members: list[str]  # convs (names) whose output channels belong to the group
+    root: str  # name of the layer the group is addressed by
+    members: list[str]  # filter layers (names) whose output channels belong to the group
     size: int  # current channel count
+    stripes: int = 1  # conv groups of the grouped convs it touches: channels leave one per conv group
+
+
+def pointwise_linears(model: nn.Module) -> list[nn.Module]:
+    """Linear layers applied to channels-last feature maps (between two Permutes of a Sequential): 1x1 convs."""
+    from torchvision.ops.misc import Permute
+
+    found = []
+    for container in model.modules():
+        if not isinstance(container, nn.Sequential):
+            continue
+        channels_last = False
+        for child in container.children():
+            if isinstance(child, Permute):
+                channels_last = not channels_last
+            elif channels_last and isinstance(child, nn.Linear):
+                found.append(child)
+    return found
+
+
+def filter_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """name -> layer for every layer whose output channels are filters: Conv2d and pointwise Linear."""
+    pointwise = set(pointwise_linears(model))
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d) or m in pointwise}
+
+
+def out_channels(layer: nn.Module) -> int:
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
 
 
 def conv_filter_count(model: nn.Module) -> int:
-    """Total conv filters (output channels of every Conv2d): the denominator of the pruning rate."""
-    return sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+    """Total filters (output channels of every filter layer): the denominator of the pruning rate."""
+    return sum(out_channels(m) for m in filter_layers(model).values())
 
 
 def is_depthwise(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+
+
+def is_grouped(module: nn.Module) -> bool:
+    """A grouped conv that is not depthwise (RegNet, ResNeXt): its conv groups must keep equal widths."""
+    return isinstance(module, nn.Conv2d) and module.groups > 1 and not is_depthwise(module)
+
+
+class _ChannelShuffle(torch.autograd.Function):
+    """ShuffleNet's channel shuffle as ONE autograd node (view/transpose/view computed inside).
+
+    Why: torch-pruning follows view/transpose/view with a reshape index mapping that fails on it
+    (ZeroDivisionError while building the graph).
+    """
+
+    @staticmethod
+    def forward(ctx, x, groups):
+        ctx.groups = groups
+        b, c, h, w = x.shape
+        return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+    @staticmethod
+    def backward(ctx, grad):
+        b, c, h, w = grad.shape
+        return grad.view(b, c // ctx.groups, ctx.groups, h, w).transpose(1, 2).reshape(b, c, h, w), None
+
+
+class ChannelShuffle(nn.Module):
+    """The shuffle as a module, present only while torch-pruning traces the model: a node of its own whose
+    pruner couples nothing across it, so that every group that reaches it can be recognised and left alone
+    (its permutation, and the split of the next block, would no longer line up after pruning)."""
+
+    def __init__(self, groups: int = 2):
+        super().__init__()
+        self.groups = groups
+        self.channels = 0
+
+    def forward(self, x):
+        self.channels = x.shape[1]
+        return _ChannelShuffle.apply(x, self.groups)
+
+
+class _ShufflePruner(tp.pruner.function.BasePruningFunc):
+    """torch-pruning's view of ChannelShuffle: in and out channels are not coupled and nothing is pruned."""
+
+    def prune_out_channels(self, layer, idxs):
+        return layer
+
+    def prune_in_channels(self, layer, idxs):
+        return layer
+
+    def get_out_channels(self, layer):
+        return layer.channels
+
+    def get_in_channels(self, layer):
+        return layer.channels
+
+
+def _traceable_shufflenet_forward(self, x):
+    """torchvision's ShuffleNetV2 InvertedResidual.forward with the shuffle as a ChannelShuffle module."""
+    if self.stride == 1:
+        x1, x2 = x.chunk(2, dim=1)
+        out = torch.cat((x1, self.branch2(x2)), dim=1)
+    else:
+        out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+    return self.trace_shuffle(out)
+
+
+@contextlib.contextmanager
+def traceable(model: nn.Module) -> Iterator[nn.Module]:
+    """The model with the forwards torch-pruning cannot trace replaced by equivalent ones (restored after)."""
+    from torchvision.models.shufflenetv2 import InvertedResidual as ShuffleBlock
+
+    patched = [m for m in model.modules() if isinstance(m, ShuffleBlock)]
+    for module in patched:
+        module.trace_shuffle = ChannelShuffle()
+        module.forward = _traceable_shufflenet_forward.__get__(module)
+    try:
+        yield model
+    finally:
+        for module in patched:
+            del module.forward
+            del module.trace_shuffle
+
+
+def _masked_layer_norm(norm: nn.LayerNorm, keep: torch.Tensor):
+    """A LayerNorm forward that normalises over the kept channels only and outputs 0 on the others: what
+    the shrunk LayerNorm computes (zeroing its consumers alone would leave the removed channels in its
+    mean and variance)."""
+    from torchvision.models.convnext import LayerNorm2d
+
+    channel_dim = 1 if isinstance(norm, LayerNorm2d) else -1
+    weight = None if norm.weight is None else norm.weight[keep]
+    bias = None if norm.bias is None else norm.bias[keep]
+
+    def forward(x):
+        moved = x.movedim(channel_dim, -1)
+        out = torch.zeros_like(moved)
+        out[..., keep] = F.layer_norm(moved[..., keep], (int(keep.sum()),), weight, bias, norm.eps)
+        return out.movedim(-1, channel_dim)
+
+    return forward
 
 
 class PruningGraph:
@@ -54,58 +195,104 @@ class PruningGraph:
         self.protected = list(protected)
         self.names: dict[nn.Module, str] = {m: n for n, m in model.named_modules()}
         self.modules: dict[str, nn.Module] = dict(model.named_modules())
-        # Original output-channel indices each conv still holds: the plan, in the dense model's numbering.
-        self.original_out: dict[str, int] = {
-            n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)
-        }
+        self.layers: dict[str, nn.Module] = filter_layers(model)
+        # Original output-channel indices each filter layer still holds: the plan, in the dense numbering.
+        self.original_out: dict[str, int] = {n: out_channels(m) for n, m in self.layers.items()}
         self.kept: dict[str, list[int]] = {n: list(range(c)) for n, c in self.original_out.items()}
-        self.original_filters = conv_filter_count(model)
+        self.original_filters = self.filters
         self._rebuild()
 
     def _rebuild(self) -> None:
         was_training = self.model.training
         self.model.eval()
-        with torch.enable_grad():  # the graph is traced through autograd
-            self.graph = tp.DependencyGraph().build_dependency(self.model, example_inputs=self.example_input)
+        # The graph is traced through autograd; verbose=False: ConvNeXt's layer scales are "unwrapped
+        # parameters", pruned along their channel dim, which is what torch-pruning would warn it does.
+        with torch.enable_grad(), traceable(self.model):
+            self.graph = tp.DependencyGraph().build_dependency(
+                self.model, example_inputs=self.example_input, verbose=False,
+                customized_pruners={ChannelShuffle: _ShufflePruner()})
         self.model.train(was_training)
 
     def _out_members(self, group) -> dict[str, list[int]]:
-        """conv name -> current output-channel indices that this torch-pruning group removes."""
+        """filter layer name -> current output-channel indices that this torch-pruning group removes."""
         members: dict[str, list[int]] = {}
         for dep, idxs in group:
             module = dep.target.module
-            if isinstance(module, nn.Conv2d) and self.graph.is_out_channel_pruning_fn(dep.handler):
-                members[self.names[module]] = list(idxs)
+            name = self.names.get(module) if isinstance(module, nn.Module) else None
+            if name in self.layers and self.graph.is_out_channel_pruning_fn(dep.handler):
+                members[name] = list(idxs)
         return members
+
+    def _constraints(self, group, root_idxs: Sequence[int]) -> tuple[int, str | None]:
+        """(stripes, why the group cannot be pruned or None) for a torch-pruning group."""
+        stripes = 1
+        for dep, idxs in group:
+            module = dep.target.module
+            if isinstance(module, ChannelShuffle):
+                return stripes, "its channels pass through a channel shuffle"
+            if isinstance(module, nn.GroupNorm):
+                return stripes, f"{self.names.get(module)} (GroupNorm) would change its groups' statistics"
+            if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) != 1:
+                return stripes, f"{self.names.get(module)} (LayerNorm) normalises over more than channels"
+            if is_grouped(module):
+                if sorted(int(i) for i in idxs) != sorted(int(i) for i in root_idxs):
+                    return stripes, f"the grouped conv {self.names.get(module)} reads them at other positions"
+                stripes = stripes * module.groups // math.gcd(stripes, module.groups)
+        return stripes, None
+
+    def _ignored(self) -> list[nn.Module]:
+        """Never roots: the protected layers and the linear layers that are not filter layers (VGG's fc6)."""
+        filters = set(self.layers.values())
+        linears = [m for m in self.model.modules() if isinstance(m, nn.Linear) and m not in filters]
+        return self.protected + linears
 
     def groups(self) -> list[ChannelGroup]:
         result = []
-        for group in self.graph.get_all_groups(ignored_layers=self.protected, root_module_types=[nn.Conv2d]):
+        for group in self.graph.get_all_groups(ignored_layers=self._ignored(),
+                                               root_module_types=[nn.Conv2d, nn.Linear]):
             root = group[0].dep.target.module
             members = list(self._out_members(group))
             if self.names[root] not in members:
                 continue
-            result.append(ChannelGroup(root=self.names[root], members=members, size=root.out_channels))
+            size = out_channels(root)
+            stripes, unsupported = self._constraints(group, range(size))
+            if unsupported is None:
+                result.append(ChannelGroup(root=self.names[root], members=members, size=size, stripes=stripes))
         return result
 
     @property
     def filters(self) -> int:
-        return conv_filter_count(self.model)
+        """Filters that count in the pruning rate (the protected classifier's outputs do not)."""
+        protected = set(self.protected)
+        return sum(out_channels(m) for m in self.layers.values() if m not in protected)
 
     @property
     def pruned_fraction(self) -> float:
         return 1.0 - self.filters / self.original_filters
 
+    def _group_of(self, root: str, channels: Sequence[int]):
+        module = self.modules[root]
+        return self.graph.get_pruning_group(module, self.graph.get_pruner_of_module(module).prune_out_channels,
+                                            list(channels))
+
     def prune(self, root: str, channels: Sequence[int]) -> int:
-        """Remove `channels` (current indices) of the group rooted at conv `root`; returns filters removed."""
+        """Remove `channels` (current indices) of the group rooted at `root`; returns filters removed."""
         module = self.modules[root]
         channels = sorted(set(int(c) for c in channels))
         if not channels:
             return 0
-        if len(channels) >= module.out_channels:
-            raise InputError(f"{root}: refusing to remove all {module.out_channels} channels of a layer")
+        size = out_channels(module)
+        if len(channels) >= size:
+            raise InputError(f"{root}: refusing to remove all {size} channels of a layer")
+        group = self._group_of(root, channels)
+        stripes, unsupported = self._constraints(group, channels)
+        if unsupported is not None:
+            raise InputError(f"{root}: its channels cannot be pruned: {unsupported}")
+        width, removing = size // stripes, set(channels)
+        if any((c % width) + k * width not in removing for c in channels for k in range(stripes)):
+            raise InputError(f"{root}: channels must leave in stripes (one per conv group of its grouped convs, "
+                             f"{stripes} groups of {width})")
         before = self.filters
-        group = self.graph.get_pruning_group(module, tp.prune_conv_out_channels, channels)
         for name, idxs in self._out_members(group).items():
             drop = set(idxs)
             self.kept[name] = [orig for i, orig in enumerate(self.kept[name]) if i not in drop]
@@ -118,30 +305,47 @@ class PruningGraph:
 
         Zeroing the consumers (not the producers) is what makes masking exactly equivalent to shrinking:
         a removed channel's BatchNorm shift and activation still compute something, but nobody reads it.
-        Depthwise convs are skipped: they are themselves group members, read by the next conv.
+        Depthwise convs are skipped: they are themselves group members, read by the next layer. Grouped
+        convs have their weights zeroed per conv group. A LayerNorm over the channels (ConvNeXt) mixes
+        them, so it normalises over the kept channels only while masked.
         """
         saved = []
+        removed_norm: dict[nn.LayerNorm, set[int]] = {}
+        patched_norms = []
         try:
             with torch.no_grad():
                 for root, channels in selection.items():
                     if not channels:
                         continue
-                    group = self.graph.get_pruning_group(self.modules[root], tp.prune_conv_out_channels, channels)
-                    for dep, idxs in group:
+                    for dep, idxs in self._group_of(root, channels):
                         consumer = dep.target.module
+                        idxs = [int(i) for i in idxs]
+                        if isinstance(consumer, nn.LayerNorm):
+                            removed_norm.setdefault(consumer, set()).update(idxs)
+                            continue
                         if self.graph.is_out_channel_pruning_fn(dep.handler) or is_depthwise(consumer):
                             continue
                         if isinstance(consumer, (nn.Conv2d, nn.Linear)):
                             saved.append((consumer, consumer.weight.detach().clone()))
-                            consumer.weight[:, list(idxs)] = 0.0
+                            _zero_inputs(consumer, idxs)
+                for norm, removed in removed_norm.items():
+                    keep = torch.ones(norm.normalized_shape[0], dtype=torch.bool)
+                    keep[sorted(removed)] = False
+                    patched_norms.append((norm, norm.__dict__.get("forward")))
+                    norm.forward = _masked_layer_norm(norm, keep)
             yield self.model
         finally:
             with torch.no_grad():
                 for consumer, weight in reversed(saved):
                     consumer.weight.copy_(weight)
+            for norm, previous in patched_norms:
+                if previous is None:
+                    del norm.forward
+                else:
+                    norm.forward = previous
 
     def plan(self) -> dict[str, list[int]]:
-        """Per conv, the original output channels it keeps (only convs that lost some)."""
+        """Per filter layer, the original output channels it keeps (only layers that lost some)."""
         return {
             name: kept
             for name, kept in self.kept.items()
@@ -149,38 +353,59 @@ class PruningGraph:
         }
 
 
+def _zero_inputs(consumer: nn.Module, channels: Sequence[int]) -> None:
+    """Zero the weights that read input `channels` (a grouped conv's weight holds each group's inputs
+    at local positions, for that group's outputs only)."""
+    if is_grouped(consumer):
+        per_in = consumer.in_channels // consumer.groups
+        per_out = consumer.out_channels // consumer.groups
+        for c in channels:
+            group, local = divmod(c, per_in)
+            consumer.weight[group * per_out : (group + 1) * per_out, local] = 0.0
+    else:
+        consumer.weight[:, list(channels)] = 0.0
+
+
 @dataclass(frozen=True)
 class Chunk:
     """The unit of removal: `round_to` channels of one group (the first chunk aligns the group's count)."""
 
     root: str
-    channels: tuple[int, ...]  # current indices in the group's root conv
-    filters: int  # conv filters it removes (channels x member convs)
+    channels: tuple[int, ...]  # current indices in the group's root layer
+    filters: int  # filters it removes (channels x member layers)
     score: float  # mean channel score
 
 
 def rank_chunks(groups: Sequence[ChannelGroup], scores: dict[str, torch.Tensor], round_to: int = 1) -> list[Chunk]:
     """All removable chunks, lowest score first.
 
-    A channel's score is the sum of its member convs' scores (METHOD.md: group score = sum). With
+    A channel's score is the sum of its member layers' scores (METHOD.md: group score = sum). With
     `round_to` N, channels leave a group in chunks of N (lowest first; the first chunk aligns the count
     to a multiple of N) and every group keeps at least N channels, so remaining counts stay multiples
     of N, which is what makes a pruned model faster on real kernels rather than only smaller in MACs.
+
+    A group with `stripes` S > 1 (grouped convs) loses *stripes*: the same position in each of its S
+    conv groups, scored by their sum. A chunk then holds lcm(N, S) channels, so the count stays a
+    multiple of both, and the group keeps at least one chunk (or all of it if it has no more).
     """
     if round_to < 1:
         raise InputError(f"--round-to {round_to}: must be a positive integer")
     ranked = []  # (score, group index, position, chunk)
     for gi, group in enumerate(groups):
         channel_scores = sum(scores[m].to(torch.float64) for m in group.members)
-        order = torch.argsort(channel_scores, stable=True).tolist()
-        removable = group.size - (round_to if group.size > round_to else group.size)
-        start, size = 0, group.size % round_to or round_to
+        stripes = group.stripes
+        width = group.size // stripes
+        stripe_scores = channel_scores.view(stripes, width).sum(0)
+        order = torch.argsort(stripe_scores, stable=True).tolist()
+        step = round_to // math.gcd(round_to, stripes)  # stripes per chunk
+        removable = width - (step if width > step else width)
+        start, size = 0, width % step or step
         while start + size <= removable:
-            idxs = order[start : start + size]
+            idxs = [j + k * width for k in range(stripes) for j in order[start : start + size]]
             score = float(channel_scores[idxs].mean())
-            ranked.append((score, gi, start, Chunk(group.root, tuple(idxs), size * len(group.members), score)))
-            start, size = start + size, round_to
-    # Within a group chunks stay in order: its channels were sorted ascending.
+            ranked.append((score, gi, start, Chunk(group.root, tuple(idxs), len(idxs) * len(group.members), score)))
+            start, size = start + size, step
+    # Within a group chunks stay in order: its stripes were sorted ascending.
     ranked.sort(key=lambda r: r[:3])
     return [r[3] for r in ranked]
 

@@ -1,0 +1,49 @@
+"""`edgeprune deploy` end to end on tiny data: every output, the device bundle, and stage reuse."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+
+@pytest.mark.slow
+def test_deploy_writes_everything_and_a_rerun_reuses_finished_stages(image_data, tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": "resnet18", "weights": "none", "data": str(image_data.small), "test_data": str(image_data.test),
+        "shots": 4, "image_size": 32, "method": "lrp", "rate": 0.2, "round_to": 8,
+        "export": {"exporter": "torchscript"},
+        "bench": {"min_runs": 5, "min_seconds": 0.2, "warmup_runs": 2},
+    }))
+    out = tmp_path / "deploy"
+    command = [sys.executable, "-m", "toolchain", "--quiet", "deploy", "--config", str(config), "--out", str(out)]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    for name in ("dense.onnx", "model.onnx", "pruned.json", "pruned.safetensors", "head.safetensors", "report.json",
+                 "report.md", "accuracy_vs_rate.png", "latency_vs_rate.png", "config.resolved.yaml",
+                 "bundle/manifest.json", "bundle/eval.npz", "bundle/model.onnx", "bundle/runtime_bench/bench.py"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    assert report["schema_version"] == "1" and report["pruning"]["rate_achieved"] >= 0.2 - 1e-3
+    assert report["summary"]["macs_reduction"] > 1.0
+    assert not list(out.rglob(".*tmp*")), "temporary files left behind"
+    weights_mtime = (out / "pruned.safetensors").stat().st_mtime_ns
+    onnx_mtime = (out / "model.onnx").stat().st_mtime_ns
+
+    second = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert "reusing" in second.stderr and "same config hash" in second.stderr
+    assert (out / "pruned.safetensors").stat().st_mtime_ns == weights_mtime
+    assert (out / "model.onnx").stat().st_mtime_ns == onnx_mtime
+
+    # The bundle alone is enough on a device: runtime_bench from inside it, no torch.
+    bench = subprocess.run([sys.executable, "-c", "import sys, runtime_bench.__main__ as m; "
+                            "assert 'torch' not in sys.modules; sys.exit(m.main(['.', '--min-runs', '5', "
+                            "'--min-seconds', '0.2', '--quiet']))"],
+                           cwd=out / "bundle", capture_output=True, text=True, timeout=300)
+    assert bench.returncode == 0, bench.stderr
+    assert json.loads((out / "bundle" / "bench.json").read_text())["comparison"]["speedup_p50"] > 0

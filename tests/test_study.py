@@ -1,0 +1,61 @@
+"""The AUC study's quick mode, and the controller's cross-fitted signals, on real (tiny) data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from toolchain.pipeline import PruneConfig, prepare
+from toolchain.signals import ControlSignal
+
+
+@pytest.fixture(scope="module")
+def task(image_data):
+    config = PruneConfig(model="resnet18", weights="none", data=str(image_data.small), test_data=str(image_data.test),
+                         shots=10, image_size=32, method="dpx")
+    return prepare(config, progress=False)
+
+
+def test_small_accuracy_signal_is_saturated_on_the_heads_own_images(task):
+    signal = ControlSignal("small-accuracy", task.model, task.small_x, task.small_y, len(task.classes))
+    assert signal(task.model) == 1.0  # the head classifies the images it was fitted on
+
+
+def test_crossfit_signals_score_each_image_with_a_head_that_did_not_see_it(task):
+    accuracy = ControlSignal("crossfit-accuracy", task.model, task.small_x, task.small_y, len(task.classes))
+    probability = ControlSignal("crossfit-probability", task.model, task.small_x, task.small_y, len(task.classes))
+    assert accuracy.weight.shape[0] == 5 and torch.bincount(accuracy.fold).tolist() == [6] * 5
+    assert 0.0 <= accuracy(task.model) <= 1.0
+    p = probability(task.model)
+    assert 0.0 < p < 1.0  # a smooth signal: a probability, never exactly 1
+    # Hiding every head input leaves only the biases: the probability signal must drop.
+    hidden = probability(task.model, masked_inputs=list(range(accuracy.weight.shape[2])))
+    assert hidden < p
+    # Dropping inputs for good shrinks the fold heads' columns to match.
+    probability.drop_inputs([0, 1, 2])
+    assert len(probability.kept) == accuracy.weight.shape[2] - 3
+
+
+def test_crossfit_needs_two_images_per_class(task):
+    from runtime_bench.errors import InputError
+
+    with pytest.raises(InputError, match="needs at least 2 images per class to cross-fit, a class has 1"):
+        ControlSignal("crossfit-accuracy", task.model, task.small_x[:3], torch.tensor([0, 1, 2]), 3)
+
+
+@pytest.mark.slow
+def test_auc_study_quick_writes_json_and_table(tmp_path, capsys):
+    from benchmarks.auc_study import main
+
+    assert main(["--quick", "--out", str(tmp_path)]) == 0
+    study = json.loads((tmp_path / "auc_study_quick.json").read_text())
+    methods = {run["method"] for run in study["runs"]}
+    assert methods == {"dpx", "lrp", "l1", "random"}
+    for run in study["runs"]:
+        assert 0.0 <= run["auc"] <= 1.0 and run["reached_p_max"]
+        assert run["curve"][0]["rate"] == 0.0 and run["curve"][-1]["rate"] >= 0.1 - 0.01
+    assert "ratio_to_lrp" in study["summary"]["mobilenet_v2"]["dpx"]
+    assert (tmp_path / "auc_study_mobilenet_v2.png").stat().st_size > 10_000
+    assert "| mobilenet_v2 (32 px) | dpx |" in capsys.readouterr().out

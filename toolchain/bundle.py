@@ -1,0 +1,48 @@
+"""The deploy bundle `OUT/bundle/`: everything a device needs, and nothing that needs torch.
+
+model.onnx and dense.onnx, manifest.json (hashes, input spec, preprocessing, labels), an evaluation
+subset as eval.npz, and a copy of runtime_bench. On the device (numpy + onnxruntime only):
+
+    cd bundle && python -m runtime_bench .
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+
+import numpy as np
+
+import runtime_bench
+from runtime_bench.atomic import atomic_output
+from runtime_bench.bundle import write_bundle_manifest
+
+EVAL_IMAGES = 200  # enough for a per-class accuracy check on the device, small enough to copy
+
+
+def make_bundle(out: pathlib.Path, images: np.ndarray, labels: np.ndarray, manifest: dict,
+                eval_images: int = EVAL_IMAGES) -> pathlib.Path:
+    bundle = out / "bundle"
+    bundle.mkdir(parents=True, exist_ok=True)
+    for name in ("dense.onnx", "model.onnx"):
+        with atomic_output(bundle / name) as tmp:
+            shutil.copyfile(out / name, tmp)
+    # A balanced subset: every class keeps its share, in the test set's order.
+    picked = np.concatenate([np.flatnonzero(labels == c)[: max(1, eval_images // len(manifest["classes"]))]
+                             for c in range(len(manifest["classes"]))])
+    with atomic_output(bundle / "eval.npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, images=images[picked], labels=labels[picked].astype(np.int64),
+                     class_names=np.array(manifest["classes"]))
+    package = bundle / "runtime_bench"
+    shutil.rmtree(package, ignore_errors=True)
+    shutil.copytree(pathlib.Path(runtime_bench.__file__).parent, package,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    write_bundle_manifest(
+        bundle, {"dense": "dense.onnx", "pruned": "model.onnx"},
+        {"shape": [None, *images.shape[1:]], "dtype": "float32", "preprocessing": manifest["preprocessing"],
+         "labels": list(manifest["classes"])},
+        eval_file="eval.npz",
+        extra={"source": manifest["source"], "pruned_rate": manifest["curve"][-1]["rate"]},
+    )
+    return bundle
