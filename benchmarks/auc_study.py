@@ -98,7 +98,8 @@ def markdown(study: dict) -> str:
     lines = [
         f"Command: `python benchmarks/auc_study.py{' --quick' if s['quick'] else ''}`; 10-shot Fashion-MNIST "
         f"({s['shots']} images per class), {s['test_size']} test images, p_max {s['p_max']}, step {s['step']}, "
-        f"round-to {s['round_to']}, signal `{s['signal']}`, seeds {s['seeds']}, no fine-tuning; "
+        f"round-to {s['round_to']}, dpx signal `{s['signal']}` (delta {s['delta']}, tau {s['tau']}, rescore "
+        f"{s['rescore']}), seeds {s['seeds']}, no fine-tuning; "
         f"{study['seconds']:.0f} s in all.",
         "",
         "| model (input) | method | class-averaged AUC (mean +- std) | harmonic-mean AUC | dpx / lrp | best MACs reduction, <= 1 pt loss | s per sweep | relevance passes | accuracy checks |",
@@ -155,13 +156,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny input, few images, low p_max")
     parser.add_argument("--models", default="mobilenet_v2,vgg16_hed")
-    parser.add_argument("--methods", default="dpx,lrp,l1,random")
+    parser.add_argument("--methods", default="dpx,lrp,taylor,l1,random")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--p-max", type=float, default=0.9)
     parser.add_argument("--step", type=float, default=0.05)
     parser.add_argument("--round-to", type=int, default=8)
     parser.add_argument("--test-size", type=int, default=500)
     parser.add_argument("--signal", default="small-accuracy")
+    parser.add_argument("--delta", type=float, default=0.0)
+    parser.add_argument("--tau", type=float, default=None)
+    parser.add_argument("--rescore", default="accepted")
     parser.add_argument("--ablations", action="store_true", help="also re-fit head / recalibrate BN per point")
     parser.add_argument("--data", default=str(ROOT / "artifacts" / "data" / "fashion-mnist"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
@@ -179,7 +183,8 @@ def main(argv=None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     study = {"settings": {"quick": args.quick, "quick_image_size": quick_size, "shots": 3 if args.quick else 10,
                           "test_size": args.test_size, "p_max": args.p_max, "step": args.step,
-                          "round_to": args.round_to, "signal": args.signal, "seeds": seeds,
+                          "round_to": args.round_to, "signal": args.signal, "delta": args.delta,
+                          "tau": args.tau, "rescore": args.rescore, "seeds": seeds,
                           "methods": args.methods.split(","), "ablations": args.ablations},
              "runs": [], "summary": {}, "seconds": 0.0}
     started = time.perf_counter()
@@ -191,6 +196,7 @@ def main(argv=None) -> int:
             base = PruneConfig(data=str(data / "train"), test_data=str(data / "test"), test_size=args.test_size,
                                shots=study["settings"]["shots"], rate=args.p_max, step=args.step,
                                round_to=args.round_to, seed=seed, signal=args.signal, ablations=args.ablations,
+                               delta=args.delta, tau=args.tau, rescore=args.rescore,
                                **spec)
             task = prepare(base, progress=False)
             for method in study["settings"]["methods"]:

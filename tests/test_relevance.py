@@ -99,3 +99,18 @@ def test_l1_scores_are_filter_weight_norms():
         conv.weight.copy_(torch.tensor([[1.0, -2.0], [0.0, 0.5], [-3.0, 3.0]]).view(3, 2, 1, 1))
     scores = l1_filter_scores(nn.Sequential(conv))
     assert scores["0"].tolist() == [3.0, 0.5, 6.0]
+
+
+def test_taylor_scores_match_activation_times_gradient_by_hand():
+    from toolchain.relevance import taylor_filter_scores
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
+    x, labels = torch.randn(4, 2, 5, 5), torch.tensor([0, 1, 1, 0])
+    scores = taylor_filter_scores(model, x, labels, batch_size=3)
+    activation = model[0](x).requires_grad_(True)
+    loss = nn.functional.cross_entropy(model[4](model[3](model[2](model[1](activation)))), labels, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, activation)
+    expected = (activation * grad).sum(dim=(2, 3)).abs().sum(0).detach().double()
+    torch.testing.assert_close(scores["0"], expected)
+    assert all(p.requires_grad for p in model.parameters())

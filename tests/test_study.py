@@ -52,7 +52,7 @@ def test_auc_study_quick_writes_json_and_table(tmp_path, capsys):
     assert main(["--quick", "--out", str(tmp_path)]) == 0
     study = json.loads((tmp_path / "auc_study_quick.json").read_text())
     methods = {run["method"] for run in study["runs"]}
-    assert methods == {"dpx", "lrp", "l1", "random"}
+    assert methods == {"dpx", "lrp", "taylor", "l1", "random"}
     for run in study["runs"]:
         assert 0.0 <= run["auc"] <= 1.0 and run["reached_p_max"]
         assert run["curve"][0]["rate"] == 0.0 and run["curve"][-1]["rate"] >= 0.1 - 0.01

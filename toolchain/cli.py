@@ -51,11 +51,13 @@ def _prune_options(parser: argparse.ArgumentParser) -> None:
     add("--image-size", type=int, help="input resolution (default: the weights' own, 224)")
     add("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation mean, 0..1 pixel scale")
     add("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation std, 0..1 pixel scale")
-    add("--method", help="lrp (Yeom), dpx (accuracy-aware controller over LRP), l1, random")
+    add("--method", help="lrp (Yeom), dpx (accuracy-aware controller over LRP), taylor, l1, random")
     add("--rate", type=float, help="fraction of conv filters to remove, in (0, 1)")
     add("--step", type=float, help="filters removed per step, as a fraction of the original count (0.05)")
     add("--round-to", type=int, help="keep channel counts multiples of N (default 8; 1 turns it off)")
     add("--head-rule", help="LRP rule on linear layers: epsilon (default) or zplus")
+    add("--allow-fallback", action="store_true", default=None,
+        help="use gradient x input (with a warning) for layers that have no LRP rule, instead of failing")
     add("--batch-size", type=int, help="images per relevance batch (default 32)")
     add("--seed", type=int, help="seed of the small-set draw (default 0)")
     dpx = parser.add_argument_group("accuracy-aware controller (--method dpx; --step is s_max, --rate p_max)")
@@ -233,10 +235,28 @@ def bench_models(models: dict, images, labels, num_classes: int, settings: dict,
                          min_s=s["min_seconds"], progress=progress)
 
 
+def cmd_bench_compare(args) -> int:
+    from runtime_bench.compare import compare_files
+    from runtime_bench.report import write_text_atomic
+
+    if len(args.models) != 3:
+        raise InputError("edgeprune bench compare: give exactly two reports: compare A.json B.json")
+    _, markdown = compare_files(args.models[1], args.models[2])
+    if args.md:
+        write_text_atomic(markdown, args.md)
+    print(markdown)
+    return 0
+
+
 def cmd_bench(args) -> int:
     from runtime_bench.bench import model_labels
     from runtime_bench.report import to_markdown, write_json_atomic, write_text_atomic
 
+    if args.models[0] == "compare" and not pathlib.Path("compare").exists():
+        return cmd_bench_compare(args)
+    for flag, value in (("--data", args.data), ("--json", args.json)):
+        if value is None:
+            raise InputError(f"edgeprune bench: {flag} is required")
     for model in args.models:
         if not pathlib.Path(model).is_file():
             raise InputError(f"{model}: no such file")
@@ -314,6 +334,21 @@ def cmd_deploy(args) -> int:
     return 0
 
 
+def cmd_families(args) -> int:
+    from .families import families_table
+
+    rows = families_table()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print("| family | torchvision builder | LRP canonizers | notes |")
+    print("| --- | --- | --- | --- |")
+    for row in rows:
+        print(f"| {row['name']} | {row.get('builder', '')} | {', '.join(row['canonizers']) or '-'} | "
+              f"{row.get('notes', '')} |")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="edgeprune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -334,10 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "torchscript"])
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("bench", help="latency and accuracy of ONNX models (two are timed alternately)")
+    p = sub.add_parser("bench", help="latency and accuracy of ONNX models (two are timed alternately); "
+                                     "'bench compare A.json B.json' compares two reports")
     p.add_argument("models", nargs="+", metavar="MODEL.onnx")
-    p.add_argument("--data", required=True, help="test image folder, or an .npz with images and labels")
-    p.add_argument("--json", required=True, help="where to write the JSON report")
+    p.add_argument("--data", help="test image folder, or an .npz with images and labels (required)")
+    p.add_argument("--json", help="where to write the JSON report (required)")
     p.add_argument("--md", help="also write a Markdown report")
     p.add_argument("--backend", default="ort-cpu")
     p.add_argument("--threads", type=int)
@@ -348,6 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mean", type=float, nargs=3)
     p.add_argument("--std", type=float, nargs=3)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("families", help="the CNN families covered, with the LRP rules and canonizers they use")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_families)
 
     p = sub.add_parser("deploy", help="prune, export and benchmark from a config (what 'make deploy' runs)")
     _prune_options(p)

@@ -3,7 +3,8 @@
 `FAMILIES` is the registry (tests/test_families.py checks every entry end to end: relevance, conservation,
 pruning with round_to 8, masked == shrunk, artifact round trip, ONNX export with parity);
 `families_table()` is what an `edgeprune families` command prints. `classifier_layer` finds the layer
-that must keep its outputs: the last Linear, or SqueezeNet's final conv.
+that must keep its outputs: the last Linear, or SqueezeNet's final conv. `unscored_layers` lists the
+layers LRP gives no relevance by construction (squeeze-excitation squeeze convs).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class Family:
     conserves: bool = True  # relevance is conserved layer to layer (within CONSERVATION_TOLERANCE)
     kwargs: dict = field(default_factory=dict)  # extra builder arguments
     cuts: tuple[str, ...] = ("features",)  # modules whose outputs cut the graph (a Sequential: its children)
-    min_size: int = 32  # smallest square input (px) it runs at
+    min_size: int = 32  # smallest square input (px) checked (relevance, pruning, export)
     slow: bool = False  # seconds rather than a fraction of one in the test suite
 
 
@@ -125,6 +126,16 @@ def classifier_layer(model: nn.Module) -> tuple[str, nn.Module]:
     if weighted:
         return weighted[-1]
     raise InputError("the model has no classifier layer (no nn.Linear or nn.Conv2d)")
+
+
+def unscored_layers(model: nn.Module) -> list[nn.Module]:
+    """Layers whose outputs get no relevance by construction: the squeeze convs of squeeze-excitation
+    blocks, behind the gate (relevance.GateRule). LRP scores them 0, so a relevance ranking prunes them
+    first; pass them as `protected` to PruningGraph to leave them whole instead. (The excitation convs, fc2,
+    score 0 too, but their channels are coupled with the gated ones, which carry the group's score.)"""
+    import torchvision
+
+    return [m.fc1 for m in model.modules() if isinstance(m, torchvision.ops.SqueezeExcitation)]
 
 
 def graph_cuts(name: str, model: nn.Module) -> dict[str, nn.Module]:

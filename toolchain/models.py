@@ -190,11 +190,16 @@ def load_weights_file(model: nn.Module, path: str, source: ModelSource | None = 
 
 
 def find_head(model: nn.Module) -> tuple[str, nn.Linear]:
-    """The classifier head: the last nn.Linear in module order."""
-    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise InputError("the model has no nn.Linear classifier head; give a model whose last layer is linear")
-    return linears[-1]
+    """The linear classifier head that `--head fit` replaces (see families.classifier_layer)."""
+    from .families import classifier_layer
+
+    name, layer = classifier_layer(model)
+    if not isinstance(layer, nn.Linear):
+        raise InputError(
+            f"{name}: the classifier is a {type(layer).__name__}, not nn.Linear; --head fit needs a linear "
+            "head, use --head keep"
+        )
+    return name, layer
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -32,13 +32,14 @@ from .data import (
     sample_k_shot,
     scan_image_folder,
 )
+from .families import classifier_layer
 from .head import fit_head
-from .models import ModelSource, build_model, check_logits, find_head, is_weights_file, torchvision_weights
-from .relevance import l1_filter_scores, lrp_filter_scores, random_filter_scores
+from .models import ModelSource, build_model, check_logits, is_weights_file, torchvision_weights
+from .relevance import l1_filter_scores, lrp_filter_scores, random_filter_scores, taylor_filter_scores
 from .signals import SIGNALS, ControlSignal
 from .surgery import PruningGraph, as_selection, rank_chunks, select_channels
 
-METHODS = ("lrp", "l1", "random", "dpx")
+METHODS = ("lrp", "dpx", "taylor", "l1", "random")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -65,6 +66,7 @@ class PruneConfig:
     step: float = 0.05
     round_to: int = 8
     head_rule: str = "epsilon"
+    allow_fallback: bool = False  # gradient x input, with a warning, for layers without an LRP rule
     batch_size: int = 32
     seed: int = 0
     # The accuracy-aware controller (--method dpx, METHOD.md); `step` is its s_max, `rate` its p_max.
@@ -181,7 +183,7 @@ def prepare(config: PruneConfig, progress: bool = True) -> Task:
                 f"--head keep: the model has {outputs} outputs but {config.data} has {len(classes)} classes; "
                 "use --head fit"
             )
-        head_name, _ = find_head(model)
+        head_name, _ = classifier_layer(model)
     else:
         head_name, _ = fit_head(model, small_x, small_y, len(classes))
     return Task(model, source, prep, classes, head_name, small_x, small_y, test_x, test_y,
@@ -218,10 +220,12 @@ def filter_scores(method: str, model: nn.Module, task: Task, config: PruneConfig
         return l1_filter_scores(model)
     if method == "random":
         return random_filter_scores(model, generator)
+    if method == "taylor":
+        return taylor_filter_scores(model, task.small_x, task.small_y, config.batch_size)
     bar = tqdm(total=len(task.small_x), desc="relevance pass", unit="img", leave=False, disable=not progress)
     try:
         return lrp_filter_scores(model, task.small_x, task.small_y, config.batch_size, config.head_rule,
-                                 progress=bar.update)
+                                 progress=bar.update, allow_fallback=config.allow_fallback)
     finally:
         bar.close()
 

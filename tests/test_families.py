@@ -1,0 +1,216 @@
+"""Every covered model family end to end on random weights (toolchain/families.py): LRP rules for every
+layer, conservation, scores, pruning 30% with round_to 8, masked == shrunk, artifact round trip, ONNX export
+with parity. Small inputs (not 224) keep each family to seconds."""
+
+from __future__ import annotations
+
+import copy
+import pathlib
+
+import pytest
+import torch
+from models_for_tests import calibrated, realistic_family
+from torch import nn
+
+from runtime_bench.errors import InputError
+from toolchain.artifact import apply_shapes, layer_shapes
+from toolchain.families import FAMILIES, build, classifier_layer, families_table, graph_cuts, unscored_layers
+from toolchain.relevance import canonizers_for, lrp_filter_scores, relevance_at, rule_table
+from toolchain.surgery import (
+    ChannelGroup,
+    PruningGraph,
+    as_selection,
+    filter_layers,
+    masked,
+    out_channels,
+    rank_chunks,
+)
+
+CONSERVATION_TOL = 1e-3  # per sample, relative to the 1.0 injected; measured worst 5e-5 (ConvNeXt, DenseNet)
+MASK_TOL = 1e-5  # masked vs shrunk, relative to the largest logit
+RATE, ROUND_TO = 0.3, 8
+
+# Input size per family: none is 224; the larger ones run at the smallest size their strides allow.
+SIZES = {
+    "vgg11": 32, "vgg16": 32, "vgg11_bn": 48, "vgg16_bn": 32, "resnet18": 64, "resnet50": 32,
+    "mobilenet_v2": 64, "mobilenet_v3_small": 64, "mobilenet_v3_large": 48, "efficientnet_b0": 48,
+    "densenet121": 32, "regnet_x_400mf": 64, "shufflenet_v2_x0_5": 96, "squeezenet1_0": 64,
+    "convnext_tiny": 32, "googlenet": 48,
+}
+SLOW = {"vgg16", "vgg16_bn", "resnet50", "mobilenet_v3_large", "efficientnet_b0", "densenet121", "convnext_tiny",
+        "googlenet"}
+
+
+def family_params():
+    for name in FAMILIES:
+        marks = [pytest.mark.slow] if name in SLOW else []
+        yield pytest.param(name, marks=marks, id=name)
+
+
+def assert_conserved(name: str, model: nn.Module, images: torch.Tensor, what: str) -> None:
+    with torch.no_grad():
+        labels = model(images).argmax(1)  # the true class of a random model: a logit that is not ~0
+    cuts = graph_cuts(name, model)
+    relevance = relevance_at(model, images, labels, cuts)
+    assert set(relevance) == set(cuts)
+    for layer, r in relevance.items():
+        per_sample = r.flatten(1).sum(1)
+        torch.testing.assert_close(per_sample, torch.ones(len(images)), rtol=0, atol=CONSERVATION_TOL,
+                                   msg=f"{name} ({what}) {layer}: relevance not conserved: {per_sample.tolist()}")
+
+
+def prune_by_relevance(graph: PruningGraph, scores: dict[str, torch.Tensor]) -> None:
+    """One chunk from EVERY group (so that each kind of coupling is exercised), then the globally
+    lowest-scoring chunks until RATE of the filters are gone."""
+    ranked = rank_chunks(graph.groups(), scores, ROUND_TO)
+    picked = list({chunk.root: chunk for chunk in reversed(ranked)}.values())  # each group's first chunk
+    covered = sum(chunk.filters for chunk in picked)
+    target = int(RATE * graph.original_filters)
+    for chunk in ranked:
+        if covered >= target:
+            break
+        if chunk not in picked:
+            picked.append(chunk)
+            covered += chunk.filters
+    for root, channels in as_selection(picked).items():
+        graph.prune(root, channels)
+
+
+@pytest.mark.parametrize("name", family_params())
+def test_family_end_to_end(name, tmp_path: pathlib.Path):
+    spec, size = FAMILIES[name], SIZES[name]
+    assert size != 224 and size >= spec.min_size
+    dense = realistic_family(name, size)
+    torch.manual_seed(0)
+    images = torch.randn(3, 3, size, size)
+
+    # Every leaf layer has a rule, and the registry names the canonizers actually applied.
+    assert "NONE" not in rule_table(dense, images[:1]).values()
+    assert sorted(type(c).__name__ for c in canonizers_for(dense, images[:1])) == sorted(spec.canonizers)
+
+    # Relevance: conserved through every cut of the graph; scores finite and non-negative for every filter.
+    assert spec.conserves, f"{name}: the registry says relevance is not conserved; test what it does instead"
+    assert_conserved(name, dense, images, "dense")
+    scores = lrp_filter_scores(dense, images, torch.tensor([0, 3, 7]))
+    layers = filter_layers(dense)
+    assert set(scores) == set(layers)
+    for layer, score in scores.items():
+        assert score.shape == (out_channels(layers[layer]),)
+        assert torch.isfinite(score).all() and (score >= 0).all(), layer
+    assert sum(float(s.sum()) for s in scores.values()) > 0
+
+    # Prune 30% by relevance with round_to 8; the classifier keeps its outputs.
+    shrunk = copy.deepcopy(dense)
+    head_name, head = classifier_layer(shrunk)
+    graph = PruningGraph(shrunk, images[:2], protected=[head])
+    prune_by_relevance(graph, scores)
+    assert graph.pruned_fraction >= RATE - 1e-3
+    for layer, kept in graph.plan().items():
+        assert len(kept) % ROUND_TO == 0, (layer, len(kept))
+    assert out_channels(head) == 10
+
+    # The shrunk model computes what the masked dense model computes; masking is reversible.
+    with torch.no_grad():
+        dense_out = dense(images)
+        shrunk_out = shrunk(images)
+        with masked(dense, images[:2], graph.plan(), protected=[classifier_layer(dense)[1]]):
+            masked_out = dense(images)
+        restored_out = dense(images)
+    scale = float(dense_out.abs().max())
+    torch.testing.assert_close(shrunk_out, masked_out, rtol=MASK_TOL, atol=MASK_TOL * scale)
+    assert not torch.allclose(shrunk_out, dense_out, atol=MASK_TOL * scale), "pruning changed nothing"
+    assert torch.equal(restored_out, dense_out)
+
+    # Relevance still works, and is still conserved, on the pruned model.
+    assert_conserved(name, shrunk, images, "pruned")
+
+    # Artifact round trip: the factory's model, reshaped from the manifest, loads the weights strictly.
+    rebuilt = build(name, num_classes=10)
+    apply_shapes(rebuilt, layer_shapes(shrunk))
+    rebuilt.load_state_dict(shrunk.state_dict(), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(images), shrunk_out, rtol=1e-6, atol=1e-6 * scale)
+
+    # ONNX export of the pruned model passes the parity gate (raises CheckFailed otherwise).
+    from exporters.onnx import export_verified
+
+    record = export_verified(shrunk, images.numpy(), tmp_path / f"{name}.onnx", exporter="auto")
+    assert record["passed"] and (tmp_path / f"{name}.onnx").is_file()
+
+
+def test_layer_without_rule_is_refused_or_falls_back_with_a_warning():
+    torch.manual_seed(0)
+    model = calibrated(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2),
+                                     nn.Conv2d(8, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                     nn.Linear(8, 3)), size=8)
+    x = torch.rand(2, 3, 8, 8)
+    labels = torch.tensor([0, 1])
+    with pytest.raises(InputError, match=r"^2 \(Upsample\): no LRP rule; pass --allow-fallback to use gradient x "
+                                         r"input for it$"):
+        lrp_filter_scores(model, x, labels)
+    with pytest.warns(UserWarning, match=r"2 \(Upsample\): no LRP rule; using gradient x input for it"):
+        relevance = relevance_at(model, x, labels, {"0": model[0]}, allow_fallback=True)
+    # Nearest upsampling under gradient x input still conserves.
+    torch.testing.assert_close(relevance["0"].flatten(1).sum(1), torch.ones(2), rtol=0, atol=1e-3)
+    assert all(p.requires_grad for p in model.parameters())  # the failed call restored the model
+
+
+def test_canonized_model_must_compute_the_same_logits():
+    class ConvReusedAfterNorm(nn.Module):  # the conv output feeds its BatchNorm AND the add: no fold allowed
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.pool, self.fc = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), \
+                nn.Linear(4, 2)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.fc(self.pool(self.bn(y) + y).flatten(1))
+
+    model = calibrated(ConvReusedAfterNorm(), size=8)
+    with torch.no_grad():
+        model.bn.weight.fill_(3.0)
+    with pytest.raises(InputError, match="the model rewritten for LRP computes other logits than the model"):
+        relevance_at(model, torch.rand(2, 3, 8, 8), torch.tensor([0, 1]), {"conv": model.conv})
+
+
+def test_grouped_convs_lose_channels_in_stripes():
+    # 2 conv groups of 16: a chunk of 8 channels is 4 positions in both groups; the group keeps 8 (4 + 4).
+    groups = [ChannelGroup("g", ["g"], 32, stripes=2)]
+    score = torch.arange(32.0)
+    score[16:] = 0.0  # position j scores j (group 1 adds nothing)
+    chunks = rank_chunks(groups, {"g": score}, round_to=8)
+    assert [sorted(c.channels) for c in chunks] == [[0, 1, 2, 3, 16, 17, 18, 19], [4, 5, 6, 7, 20, 21, 22, 23],
+                                                   [8, 9, 10, 11, 24, 25, 26, 27]]
+    # 25 conv groups (RegNet's 400-wide stage): 8 positions x 25 = 200 channels per chunk, multiples of 8.
+    chunks = rank_chunks([ChannelGroup("h", ["h"], 400, stripes=25)], {"h": torch.rand(400)}, round_to=8)
+    assert [len(c.channels) for c in chunks] == [200]
+
+
+def test_prune_refuses_channels_that_break_conv_groups():
+    model = realistic_family("regnet_x_400mf", 32)
+    graph = PruningGraph(model, torch.randn(2, 3, 32, 32), protected=[model.fc])
+    striped = next(g for g in graph.groups() if g.stripes > 1)
+    with pytest.raises(InputError, match="channels must leave in stripes"):
+        graph.prune(striped.root, [0])
+
+
+def test_classifier_layer_is_the_last_linear_or_the_final_conv():
+    assert classifier_layer(build("squeezenet1_0"))[0] == "classifier.1"
+    assert classifier_layer(build("convnext_tiny"))[0] == "classifier.2"  # not a pointwise Linear of a block
+    assert classifier_layer(build("vgg11"))[0] == "classifier.6"
+
+
+def test_squeeze_excitation_squeeze_convs_get_no_relevance():
+    model = realistic_family("mobilenet_v3_small", 32)
+    scores = lrp_filter_scores(model, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
+    names = {m: n for n, m in model.named_modules()}
+    squeeze = [names[m] for m in unscored_layers(model)]
+    assert squeeze and all(float(scores[n].sum()) == 0.0 for n in squeeze)  # the gate takes none
+    assert all(float(scores[n].sum()) > 0 for n in scores if n not in squeeze and ".fc2" not in n)
+
+
+def test_families_table_lists_every_family():
+    rows = families_table()
+    assert [r["name"] for r in rows] == list(FAMILIES)
+    assert all({"builder", "canonizers", "notes", "status", "conserves"} <= set(r) for r in rows)
+    assert {r["name"] for r in rows if r["status"] != "supported"} == {"shufflenet_v2_x0_5"}
