@@ -16,13 +16,14 @@ import argparse
 import copy
 import json
 import pathlib
-import re
 import statistics
 import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+
+from readme_blocks import replace_block  # noqa: E402
 
 from runtime_bench.report import write_json_atomic  # noqa: E402
 from toolchain.assets import prepare_default_assets  # noqa: E402
@@ -34,7 +35,6 @@ MODELS = {
     "vgg16_hed": {"model": HED, "weights": None, "image_size": 64, "mean": [122.7 / 255, 116.7 / 255, 104.0 / 255],
                   "std": [1 / 255] * 3},
 }
-BEGIN, END = "<!-- auc-study:begin -->", "<!-- auc-study:end -->"
 
 
 def run_one(task, base: PruneConfig, method: str) -> dict:
@@ -144,14 +144,6 @@ def plot(study: dict, folder: pathlib.Path) -> None:
         plt.close(fig)
 
 
-def update_readme(text: str, readme: pathlib.Path) -> None:
-    content = readme.read_text()
-    block = f"{BEGIN}\n{text}\n{END}"
-    new, count = re.subn(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, content, flags=re.S)
-    if count == 1:
-        readme.write_text(new)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny input, few images, low p_max")
@@ -211,7 +203,7 @@ def main(argv=None) -> int:
     table = markdown(study)
     print(table)
     if not args.quick:
-        update_readme(table, pathlib.Path(args.readme))
+        replace_block(args.readme, "auc-study", table)
     print(json.dumps({m: {k: round(v.get("ratio_to_lrp", 0), 3) for k, v in ms.items() if k == "dpx"}
                       for m, ms in study["summary"].items()}))
     return 0

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import json
 import pathlib
-import re
 import sys
 
-BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+from readme_blocks import replace_block
 
 
 def table(report: dict) -> str:
@@ -39,14 +38,11 @@ def table(report: dict) -> str:
 
 def main(argv) -> int:
     report = json.loads(pathlib.Path(argv[1]).read_text())
-    readme = pathlib.Path(argv[2] if len(argv) > 2 else "README.md")
-    text = readme.read_text()
-    block = f"{BEGIN}\n{table(report)}\n{END}"
-    new, count = re.subn(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    if count != 1:
-        print(f"error: {readme}: needs exactly one {BEGIN} ... {END} block", file=sys.stderr)
+    try:
+        replace_block(argv[2] if len(argv) > 2 else "README.md", "results", table(report))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    readme.write_text(new)
     return 0
 
 

@@ -58,3 +58,23 @@ def image_data(tmp_path_factory) -> ImageData:
 def write_images():
     """`write_image_folder` itself, for tests that need a folder of their own: write_images(root, per_class=...)."""
     return write_image_folder
+
+
+# With EDGEPRUNE_FAMILIES_JSON=path, the per-family end-to-end results are written there, for the README's
+# families table (scripts/families_table.py): the table comes from test results, never typed.
+_FAMILY_RESULTS: dict = {}
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and "test_family_end_to_end[" in report.nodeid:
+        name = report.nodeid.split("[", 1)[1].rstrip("]")
+        _FAMILY_RESULTS[name] = {"outcome": report.outcome, "seconds": round(report.duration, 1)}
+
+
+def pytest_sessionfinish(session):
+    import json
+    import os
+
+    target = os.environ.get("EDGEPRUNE_FAMILIES_JSON")
+    if target and _FAMILY_RESULTS:
+        Path(target).write_text(json.dumps(_FAMILY_RESULTS, indent=2) + "\n")
