@@ -19,13 +19,13 @@ def task(image_data):
 
 
 def test_small_accuracy_signal_is_saturated_on_the_heads_own_images(task):
-    signal = ControlSignal("small-accuracy", task.model, task.small_x, task.small_y, len(task.classes))
+    signal = ControlSignal("small-accuracy", task.model, task.head_name, task.small_x, task.small_y, len(task.classes))
     assert signal(task.model) == 1.0  # the head classifies the images it was fitted on
 
 
 def test_crossfit_signals_score_each_image_with_a_head_that_did_not_see_it(task):
-    accuracy = ControlSignal("crossfit-accuracy", task.model, task.small_x, task.small_y, len(task.classes))
-    probability = ControlSignal("crossfit-probability", task.model, task.small_x, task.small_y, len(task.classes))
+    accuracy = ControlSignal("crossfit-accuracy", task.model, task.head_name, task.small_x, task.small_y, len(task.classes))
+    probability = ControlSignal("crossfit-probability", task.model, task.head_name, task.small_x, task.small_y, len(task.classes))
     assert accuracy.weight.shape[0] == 5 and torch.bincount(accuracy.fold).tolist() == [6] * 5
     assert 0.0 <= accuracy(task.model) <= 1.0
     p = probability(task.model)
@@ -42,7 +42,7 @@ def test_crossfit_needs_two_images_per_class(task):
     from runtime_bench.errors import InputError
 
     with pytest.raises(InputError, match="needs at least 2 images per class to cross-fit, a class has 1"):
-        ControlSignal("crossfit-accuracy", task.model, task.small_x[:3], torch.tensor([0, 1, 2]), 3)
+        ControlSignal("crossfit-accuracy", task.model, task.head_name, task.small_x[:3], torch.tensor([0, 1, 2]), 3)
 
 
 @pytest.mark.slow

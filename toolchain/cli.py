@@ -39,7 +39,7 @@ def _prune_options(parser: argparse.ArgumentParser) -> None:
     # Defaults are None so that a flag given on the command line is distinguishable from the config's value.
     add = parser.add_argument
     add("--model", help="torchvision name (mobilenet_v2) or path/to/file.py:factory")
-    add("--weights", help="weights enum name (IMAGENET1K_V1, DEFAULT, none) or a .pt/.pth/.safetensors file")
+    add("--weights", help="weights enum name (IMAGENET1K_V1, DEFAULT (the default), none) or a .pt/.pth/.safetensors file")
     add("--output", help="INDEX or KEY of the class logits when the model returns a tuple or dict")
     add("--data", help="image folder root/<class>/<image>: the small labelled set is drawn from it")
     add("--test-data", help="image folder with the same classes (default: the images of --data not drawn)")

@@ -9,13 +9,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .models import find_head, replace_module
+from .models import linear_head, replace_module
 
 
 @torch.no_grad()
-def head_features(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """The inputs of the model's last linear layer for every image."""
-    _, head = find_head(model)
+def head_features(model: nn.Module, images: torch.Tensor, head_name: str, batch_size: int = 64) -> torch.Tensor:
+    """The inputs of the model's linear head for every image."""
+    head = linear_head(model, head_name)
     captured = []
     handle = head.register_forward_pre_hook(lambda module, inputs: captured.append(inputs[0].detach()))
     try:
@@ -48,10 +48,9 @@ def fit_linear(features: torch.Tensor, labels: torch.Tensor, num_classes: int, l
     return linear
 
 
-def fit_head(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-             l2: float = 1e-3) -> tuple[str, nn.Linear]:
-    """Replace the model's last linear layer by one fitted on (images, labels); returns (name, head)."""
-    name, _ = find_head(model)
-    head = fit_linear(head_features(model, images), labels, num_classes, l2)
-    replace_module(model, name, head)
-    return name, head
+def fit_head(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, head_name: str,
+             l2: float = 1e-3) -> nn.Linear:
+    """Replace the model's linear head by one fitted on (images, labels) over the frozen backbone."""
+    head = fit_linear(head_features(model, images, head_name), labels, num_classes, l2)
+    replace_module(model, head_name, head)
+    return head

@@ -55,7 +55,9 @@ def torchvision_weights(name: str, weights: str | None):
     """The weights enum member for a torchvision model (None for random init)."""
     import torchvision
 
-    if weights is None or weights.lower() == "none":
+    if weights is None:
+        weights = "DEFAULT"  # a torchvision name alone means its pretrained weights: the point of the tool
+    if weights.lower() == "none":
         return None
     enum = torchvision.models.get_model_weights(name)
     try:
@@ -189,17 +191,40 @@ def load_weights_file(model: nn.Module, path: str, source: ModelSource | None = 
     model.load_state_dict(state, strict=True)
 
 
-def find_head(model: nn.Module) -> tuple[str, nn.Linear]:
-    """The linear classifier head that `--head fit` replaces (see families.classifier_layer)."""
+def output_layer(model: nn.Module, example: torch.Tensor) -> str | None:
+    """The leaf layer whose output IS the model's output (the classifier of a multi-output model picked
+    with --output), or None when the output is computed after the last layer."""
+    produced: list[tuple[str, torch.Tensor]] = []
+    hooks = [m.register_forward_hook(lambda module, inputs, output, name=n: produced.append((name, output)))
+             for n, m in model.named_modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            out = model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return next((name for name, tensor in produced if tensor is out), None)
+
+
+def find_head(model: nn.Module, example: torch.Tensor | None = None) -> tuple[str, nn.Module]:
+    """The classifier head: the layer producing the logits when `example` shows it, else
+    families.classifier_layer (the last Linear, or the last conv of a model without one)."""
     from .families import classifier_layer
 
-    name, layer = classifier_layer(model)
+    name = output_layer(model, example) if example is not None else None
+    if name is not None:
+        return name, model.get_submodule(name)
+    return classifier_layer(model)
+
+
+def linear_head(model: nn.Module, name: str) -> nn.Linear:
+    layer = model.get_submodule(name)
     if not isinstance(layer, nn.Linear):
         raise InputError(
             f"{name}: the classifier is a {type(layer).__name__}, not nn.Linear; --head fit needs a linear "
             "head, use --head keep"
         )
-    return name, layer
+    return layer
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -32,9 +32,8 @@ from .data import (
     sample_k_shot,
     scan_image_folder,
 )
-from .families import classifier_layer
 from .head import fit_head
-from .models import ModelSource, build_model, check_logits, is_weights_file, torchvision_weights
+from .models import ModelSource, build_model, check_logits, find_head, is_weights_file, torchvision_weights
 from .relevance import l1_filter_scores, lrp_filter_scores, random_filter_scores, taylor_filter_scores
 from .signals import SIGNALS, ControlSignal
 from .surgery import PruningGraph, as_selection, rank_chunks, select_channels
@@ -49,7 +48,7 @@ class PruneConfig:
     """Every knob of the prune stage; CLI flags and YAML keys use these names (dashes for underscores)."""
 
     model: str = "mobilenet_v2"
-    weights: str | None = "IMAGENET1K_V1"
+    weights: str | None = None  # torchvision: its DEFAULT weights; a factory: as it builds itself
     output: str | None = None
     data: str | None = None
     test_data: str | None = None
@@ -177,15 +176,15 @@ def prepare(config: PruneConfig, progress: bool = True) -> Task:
     test_x, test_y = torch.from_numpy(test_x), torch.from_numpy(test_y)
 
     outputs = check_logits(model, small_x[:2])
+    head_name, _ = find_head(model, small_x[:2])
     if config.head == "keep":
         if outputs != len(classes):
             raise InputError(
                 f"--head keep: the model has {outputs} outputs but {config.data} has {len(classes)} classes; "
                 "use --head fit"
             )
-        head_name, _ = classifier_layer(model)
     else:
-        head_name, _ = fit_head(model, small_x, small_y, len(classes))
+        fit_head(model, small_x, small_y, len(classes), head_name)
     return Task(model, source, prep, classes, head_name, small_x, small_y, test_x, test_y,
                 skipped_small + skipped_test)
 
@@ -244,7 +243,7 @@ def ablation_accuracies(model: nn.Module, task: Task) -> dict:
     """Test accuracy after re-fitting the head, and after recalibrating BatchNorm, on the small set only."""
     classes = len(task.classes)
     refit = copy.deepcopy(model)
-    fit_head(refit, task.small_x, task.small_y, classes)
+    fit_head(refit, task.small_x, task.small_y, classes, task.head_name)
     recal = copy.deepcopy(model)
     for m in recal.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -294,7 +293,8 @@ class TorchPrunable:
         self.scorer, self.record = scorer, record
         self.scores: dict[str, torch.Tensor] = {}
         self.head = task.model.get_submodule(task.head_name)
-        self.signal = ControlSignal(config.signal, task.model, task.small_x, task.small_y, len(task.classes))
+        self.signal = ControlSignal(config.signal, task.model, task.head_name, task.small_x, task.small_y,
+                                    len(task.classes))
 
     def head_inputs(self, selection: dict[str, list[int]]) -> list[int]:
         """Positions of the head's input features that removing `selection` takes away."""

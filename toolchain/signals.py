@@ -30,11 +30,12 @@ def _per_class_mean(values: torch.Tensor, labels: torch.Tensor, num_classes: int
 
 
 class ControlSignal:
-    def __init__(self, kind: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+    def __init__(self, kind: str, model: nn.Module, head_name: str, images: torch.Tensor, labels: torch.Tensor,
                  num_classes: int, folds: int = 5):
         if kind not in SIGNALS:
             raise InputError(f"--signal {kind}: choose from {', '.join(SIGNALS)}")
         self.kind, self.images, self.labels, self.num_classes = kind, images, labels, num_classes
+        self.head_name = head_name
         if kind == "small-accuracy":
             return
         shots = int(torch.bincount(labels, minlength=num_classes).min())
@@ -46,7 +47,7 @@ class ControlSignal:
         for c in range(num_classes):
             where = torch.nonzero(labels == c).flatten()
             self.fold[where] = torch.arange(len(where)) % folds
-        features = head_features(model, images)
+        features = head_features(model, images, head_name)
         heads = [fit_linear(features[self.fold != k], labels[self.fold != k], num_classes) for k in range(folds)]
         self.weight = torch.stack([h.weight.detach() for h in heads])  # (folds, classes, features)
         self.bias = torch.stack([h.bias.detach() for h in heads])
@@ -67,7 +68,7 @@ class ControlSignal:
 
             correct = (predict(model, self.images).argmax(1) == self.labels).float()
             return harmonic_mean(_per_class_mean(correct, self.labels, self.num_classes))
-        features = head_features(model, self.images)
+        features = head_features(model, self.images, self.head_name)
         weight = self.weight[:, :, self.kept]
         if len(masked_inputs):
             weight = weight.clone()

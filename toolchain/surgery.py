@@ -11,6 +11,8 @@ Constraints beyond torch-pruning's own:
   position in every conv group at once, so that every conv group keeps the same width;
 - channels that pass through a channel shuffle (ShuffleNet's streams) are not pruned: the shuffle's
   permutation and the split after it would no longer line up;
+- channels that are permuted and then flattened (channels-last `permute(0, 2, 3, 1).flatten(1)` before a
+  linear layer) are not pruned: torch-pruning would map them as channel-major and cut the wrong columns;
 - the classifier (`protected`) never loses output channels, and its filters do not count in the rate.
 
 We keep three things beside the model:
@@ -34,6 +36,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from runtime_bench.errors import InputError
+
+from .models import SelectOutput
 
 
 @dataclass
@@ -207,9 +211,12 @@ class PruningGraph:
         self.model.eval()
         # The graph is traced through autograd; verbose=False: ConvNeXt's layer scales are "unwrapped
         # parameters", pruned along their channel dim, which is what torch-pruning would warn it does.
+        # A model whose logits were picked out of several outputs (--output) is traced whole: the other
+        # outputs' layers read the same channels and must shrink with them.
+        traced = self.model.model if isinstance(self.model, SelectOutput) else self.model
         with torch.enable_grad(), traceable(self.model):
             self.graph = tp.DependencyGraph().build_dependency(
-                self.model, example_inputs=self.example_input, verbose=False,
+                traced, example_inputs=self.example_input, verbose=False,
                 customized_pruners={ChannelShuffle: _ShufflePruner()})
         self.model.train(was_training)
 
@@ -226,6 +233,11 @@ class PruningGraph:
     def _constraints(self, group, root_idxs: Sequence[int]) -> tuple[int, str | None]:
         """(stripes, why the group cannot be pruned or None) for a torch-pruning group."""
         stripes = 1
+        grad_fns = {type(dep.target.grad_fn).__name__ for dep, _ in group if dep.target.grad_fn is not None}
+        if any(n.startswith("Permute") for n in grad_fns) and any("View" in n or "Reshape" in n for n in grad_fns):
+            # torch-pruning maps a flatten as channel-major; after a permute it is not, and the wrong
+            # columns of the next layer would go (measured: masked and shrunk outputs differ by 50%).
+            return stripes, "its channels are permuted before a flatten"
         for dep, idxs in group:
             module = dep.target.module
             if isinstance(module, ChannelShuffle):
