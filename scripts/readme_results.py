@@ -1,6 +1,7 @@
-"""Regenerate README.md's results table from a deploy report (never typed by hand).
+"""Regenerate README.md's result tables (never typed by hand).
 
-    python scripts/readme_results.py artifacts/deploy/report.json [README.md]
+    python scripts/readme_results.py artifacts/deploy/report.json [README.md]     the deploy results
+    python scripts/readme_results.py --cascade OUT/pruned.json [README.md]         a pruning curve
 """
 
 from __future__ import annotations
@@ -36,10 +37,32 @@ def table(report: dict) -> str:
     return "\n".join(rows)
 
 
+def curve_table(manifest: dict) -> str:
+    """The accuracy curve of one pruning run, a column per step."""
+    curve = manifest["curve"]
+    cfg = manifest["config"]
+    rows = [
+        f"Command: `edgeprune prune --config configs/default.yaml --rate {cfg['rate']} --out OUT` (method "
+        f"{cfg['method']}, {cfg['model']}, seed {cfg['seed']}); columns are the pruning steps.",
+        "",
+        "| filters removed | " + " | ".join(f"{100 * p['rate']:.0f}%" for p in curve) + " |",
+        "| --- " * (len(curve) + 1) + "|",
+        "| test accuracy | " + " | ".join(f"{p['accuracy']:.3f}" for p in curve) + " |",
+        "| harmonic mean of class accuracies | " + " | ".join(f"{p['harmonic_mean']:.3f}" for p in curve) + " |",
+        "| worst class accuracy | " + " | ".join(f"{min(p['per_class']):.3f}" for p in curve) + " |",
+        "| MACs (M) | " + " | ".join(f"{p['macs'] / 1e6:.1f}" for p in curve) + " |",
+    ]
+    return "\n".join(rows)
+
+
 def main(argv) -> int:
-    report = json.loads(pathlib.Path(argv[1]).read_text())
+    cascade = len(argv) > 1 and argv[1] == "--cascade"
+    if cascade:
+        argv = argv[1:]
+    data = json.loads(pathlib.Path(argv[1]).read_text())
     try:
-        replace_block(argv[2] if len(argv) > 2 else "README.md", "results", table(report))
+        replace_block(argv[2] if len(argv) > 2 else "README.md", "cascade" if cascade else "results",
+                      curve_table(data) if cascade else table(data))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
