@@ -292,13 +292,7 @@ def cmd_deploy(args) -> int:
     if extra.get("assets"):
         prepare_default_assets(pathlib.Path(extra["assets"]))
         timings["assets"] = time.perf_counter() - started
-    out.mkdir(parents=True, exist_ok=True)
-    import yaml
-
-    from runtime_bench.report import write_text_atomic
-
     resolved = dict(config.to_dict(), **extra)
-    write_text_atomic(yaml.safe_dump(resolved, sort_keys=False), out / "config.resolved.yaml")
 
     # Finished stages are reused when their inputs are unchanged (keyed by hashes), so a rerun after
     # an interruption or a changed bench setting does not prune or export again.
@@ -309,6 +303,12 @@ def cmd_deploy(args) -> int:
     else:
         print(f"reusing {out / MANIFEST}: same config hash {manifest['config_hash'][:12]}", file=sys.stderr)
     timings["prune"] = time.perf_counter() - t
+    import yaml
+
+    from runtime_bench.report import write_text_atomic
+
+    # Written once the first stage succeeded, so that bad input leaves nothing in OUT.
+    write_text_atomic(yaml.safe_dump(resolved, sort_keys=False), out / "config.resolved.yaml")
     t = time.perf_counter()
     exporter = (extra.get("export") or {}).get("exporter", "auto")
     export = reusable_export(out, exporter)
