@@ -215,8 +215,9 @@ def _bench_data(data: str, models: list[str], args) -> tuple:
 
     manifest_path = pathlib.Path(models[0]).parent / MANIFEST
     if args.image_size:
-        prep = Preprocessing(args.image_size, tuple(args.mean or (0.485, 0.456, 0.406)),
-                             tuple(args.std or (0.229, 0.224, 0.225)))
+        from .pipeline import IMAGENET_MEAN, IMAGENET_STD
+
+        prep = Preprocessing(args.image_size, tuple(args.mean or IMAGENET_MEAN), tuple(args.std or IMAGENET_STD))
     elif manifest_path.is_file():
         prep = Preprocessing.from_dict(json.loads(manifest_path.read_text())["preprocessing"])
     else:
