@@ -20,18 +20,18 @@ def task(image_data):
 
 def test_small_accuracy_signal_is_saturated_on_the_heads_own_images(task):
     signal = ControlSignal("small-accuracy", task.model, task.head_name, task.small_x, task.small_y, len(task.classes))
-    assert signal(task.model) == 1.0  # the head classifies the images it was fitted on
+    assert signal() == 1.0  # the head classifies the images it was fitted on
 
 
 def test_crossfit_signals_score_each_image_with_a_head_that_did_not_see_it(task):
     accuracy = ControlSignal("crossfit-accuracy", task.model, task.head_name, task.small_x, task.small_y, len(task.classes))
     probability = ControlSignal("crossfit-probability", task.model, task.head_name, task.small_x, task.small_y, len(task.classes))
     assert accuracy.weight.shape[0] == 5 and torch.bincount(accuracy.fold).tolist() == [6] * 5
-    assert 0.0 <= accuracy(task.model) <= 1.0
-    p = probability(task.model)
+    assert 0.0 <= accuracy() <= 1.0
+    p = probability()
     assert 0.0 < p < 1.0  # a smooth signal: a probability, never exactly 1
     # Hiding every head input leaves only the biases: the probability signal must drop.
-    hidden = probability(task.model, masked_inputs=list(range(accuracy.weight.shape[2])))
+    hidden = probability(masked_inputs=list(range(accuracy.weight.shape[2])))
     assert hidden < p
     # Dropping inputs for good shrinks the fold heads' columns to match.
     probability.drop_inputs([0, 1, 2])
@@ -43,6 +43,31 @@ def test_crossfit_needs_two_images_per_class(task):
 
     with pytest.raises(InputError, match="needs at least 2 images per class to cross-fit, a class has 1"):
         ControlSignal("crossfit-accuracy", task.model, task.head_name, task.small_x[:3], torch.tensor([0, 1, 2]), 3)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_head_input_cache_recomputes_only_what_a_mask_changed_and_agrees_with_a_full_forward(name):
+    from models_for_tests import family
+
+    from toolchain.feature_cache import HeadInputCache
+    from toolchain.head import head_features
+    from toolchain.models import linear_head
+    from toolchain.surgery import PruningGraph
+
+    model = family(name)
+    head_name = "fc" if name == "resnet18" else "classifier.1"
+    images = torch.randn(6, 3, 32, 32)
+    cache = HeadInputCache(model, images, head_name)
+    assert cache.nodes is not None, "torchvision models trace: the cache must be in use"
+    graph = PruningGraph(model, images[:1], protected=[linear_head(model, head_name)])
+    group = graph.groups()[len(graph.groups()) // 2]
+    with graph.mask({group.root: [0, 1]}):
+        masked = cache(graph.masked_modules)
+        torch.testing.assert_close(masked, head_features(model, images, head_name), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(masked, cache())  # the mask changed the features; the cache still holds the dense ones
+    graph.prune(group.root, [0, 1])
+    cache.refresh()
+    torch.testing.assert_close(cache(), head_features(model, images, head_name), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow

@@ -318,18 +318,19 @@ class TorchPrunable:
         return [Unit(key=c, filters=c.filters, score=c.score) for c in chunks]
 
     def harmonic_mean(self) -> float:
-        return self.signal(self.task.model)
+        return self.signal()
 
     def harmonic_mean_without(self, units: list[Unit]) -> float:
         selection = as_selection([u.key for u in units])
         with self.graph.mask(selection):
-            return self.signal(self.task.model, self.head_inputs(selection))
+            return self.signal(self.head_inputs(selection), self.graph.masked_modules)
 
     def commit(self, units: list[Unit]) -> None:
         selection = as_selection([u.key for u in units])
         self.signal.drop_inputs(self.head_inputs(selection))
         for root, channels in selection.items():
             self.graph.prune(root, channels)
+        self.signal.refresh()
         self.record()
 
     def pruned_fraction(self) -> float:

@@ -20,7 +20,8 @@ from torch import nn
 from runtime_bench.accuracy import harmonic_mean
 from runtime_bench.errors import InputError
 
-from .head import fit_linear, head_features
+from .feature_cache import HeadInputCache
+from .head import fit_linear
 
 SIGNALS = ("small-accuracy", "crossfit-accuracy", "crossfit-probability")
 
@@ -35,7 +36,8 @@ class ControlSignal:
         if kind not in SIGNALS:
             raise InputError(f"--signal {kind}: choose from {', '.join(SIGNALS)}")
         self.kind, self.images, self.labels, self.num_classes = kind, images, labels, num_classes
-        self.head_name = head_name
+        self.head = model.get_submodule(head_name)
+        self.head_inputs = HeadInputCache(model, images, head_name)
         if kind == "small-accuracy":
             return
         shots = int(torch.bincount(labels, minlength=num_classes).min())
@@ -47,7 +49,7 @@ class ControlSignal:
         for c in range(num_classes):
             where = torch.nonzero(labels == c).flatten()
             self.fold[where] = torch.arange(len(where)) % folds
-        features = head_features(model, images, head_name)
+        features = self.head_inputs()
         heads = [fit_linear(features[self.fold != k], labels[self.fold != k], num_classes) for k in range(folds)]
         self.weight = torch.stack([h.weight.detach() for h in heads])  # (folds, classes, features)
         self.bias = torch.stack([h.bias.detach() for h in heads])
@@ -60,15 +62,18 @@ class ControlSignal:
             keep[positions] = False
             self.kept = self.kept[keep]
 
-    @torch.no_grad()
-    def __call__(self, model: nn.Module, masked_inputs: list[int] = ()) -> float:
-        """A of `model`; `masked_inputs` are head-input positions that a mask currently hides."""
-        if self.kind == "small-accuracy":
-            from .pipeline import predict
+    def refresh(self) -> None:
+        """After a commit changed the model for good."""
+        self.head_inputs.refresh()
 
-            correct = (predict(model, self.images).argmax(1) == self.labels).float()
+    @torch.no_grad()
+    def __call__(self, masked_inputs: list[int] = (), changed: set[nn.Module] = frozenset()) -> float:
+        """A of the model; `changed` are the modules a mask currently alters and `masked_inputs` the
+        head-input positions it hides."""
+        features = self.head_inputs(changed)
+        if self.kind == "small-accuracy":
+            correct = (self.head(features).argmax(1) == self.labels).float()
             return harmonic_mean(_per_class_mean(correct, self.labels, self.num_classes))
-        features = head_features(model, self.images, self.head_name)
         weight = self.weight[:, :, self.kept]
         if len(masked_inputs):
             weight = weight.clone()

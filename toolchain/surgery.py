@@ -203,6 +203,7 @@ class PruningGraph:
         # Original output-channel indices each filter layer still holds: the plan, in the dense numbering.
         self.original_out: dict[str, int] = {n: out_channels(m) for n, m in self.layers.items()}
         self.kept: dict[str, list[int]] = {n: list(range(c)) for n, c in self.original_out.items()}
+        self.masked_modules: set[nn.Module] = set()  # filled while mask() is active
         self.original_filters = self.filters
         self._rebuild()
 
@@ -345,8 +346,10 @@ class PruningGraph:
                     keep[sorted(removed)] = False
                     patched_norms.append((norm, norm.__dict__.get("forward")))
                     norm.forward = _masked_layer_norm(norm, keep)
+            self.masked_modules = {consumer for consumer, _ in saved} | set(removed_norm)
             yield self.model
         finally:
+            self.masked_modules = set()
             with torch.no_grad():
                 for consumer, weight in reversed(saved):
                     consumer.weight.copy_(weight)
