@@ -59,6 +59,8 @@ def run_one(task, base: PruneConfig, method: str) -> dict:
                  "events": {k: sum(e["kind"] == k for e in log.get("events", []))
                             for k in ("accept", "reject_halve", "order_change")}},
         "stopped_early": log.get("stopped_early"),
+        "p_max": config.rate,
+        "step": config.step,
     }
 
 
@@ -87,6 +89,13 @@ def summarize(runs: list[dict]) -> dict:
             "relevance_passes_mean": statistics.mean(r["cost"]["relevance_passes"] for r in items),
             "accuracy_checks_mean": statistics.mean(r["cost"]["accuracy_checks"] for r in items),
         }
+        if "ablations" in items[0]["curve"][0]:
+            p_max, step = items[0]["p_max"], items[0]["step"]
+            table[model][method]["ablation_auc"] = {
+                name: statistics.mean(accuracy_auc(r["curve"], key, p_max, step) for r in items)
+                for name, key in (("none", lambda p: p["accuracy"]),
+                                  ("refit_head", lambda p: p["ablations"]["refit_head"]["accuracy"]),
+                                  ("bn_recalibrated", lambda p: p["ablations"]["bn_recalibrated"]["accuracy"]))}
     for model, methods in table.items():
         if "dpx" in methods and "lrp" in methods and methods["lrp"]["auc_mean"] > 0:
             methods["dpx"]["ratio_to_lrp"] = methods["dpx"]["auc_mean"] / methods["lrp"]["auc_mean"]
@@ -96,10 +105,10 @@ def summarize(runs: list[dict]) -> dict:
 def markdown(study: dict) -> str:
     s = study["settings"]
     lines = [
-        f"Command: `python benchmarks/auc_study.py{' --quick' if s['quick'] else ''}`; 10-shot Fashion-MNIST "
+        f"Command: `{' '.join(['python benchmarks/auc_study.py', *s['argv']])}`; 10-shot Fashion-MNIST "
         f"({s['shots']} images per class), {s['test_size']} test images, p_max {s['p_max']}, step {s['step']}, "
-        f"round-to {s['round_to']}, dpx signal `{s['signal']}` (delta {s['delta']}, tau {s['tau']}, rescore "
-        f"{s['rescore']}), seeds {s['seeds']}, no fine-tuning; "
+        f"round-to {s['round_to']}, dpx signal `{s['signal']}` (delta {s['delta']}, tau {s['tau']}, m {s['m']}, rescore "
+        f"{s['rescore']}{', class-weighted' if s['class_weighted'] else ''}), seeds {s['seeds']}, no fine-tuning; "
         f"{study['seconds']:.0f} s in all.",
         "",
         "| model (input) | method | class-averaged AUC (mean +- std) | harmonic-mean AUC | dpx / lrp | best MACs reduction, <= 1 pt loss | s per sweep | relevance passes | accuracy checks |",
@@ -113,7 +122,28 @@ def markdown(study: dict) -> str:
                 f"| {model} ({size} px) | {method} | {r['auc_mean']:.3f} +- {r['auc_std']:.3f} | "
                 f"{r['harmonic_mean_auc_mean']:.3f} | {ratio} | {r['best_macs_reduction_1pt']:.2f}x | "
                 f"{r['seconds_mean']:.0f} | {r['relevance_passes_mean']:.0f} | {r['accuracy_checks_mean']:.0f} |")
+    if s["ablations"]:
+        lines += [
+            "",
+            "Ablations, reported apart because they change the model beyond pruning: test-accuracy AUC of the "
+            "same sweeps after re-fitting the linear head on the small set, and after recalibrating BatchNorm "
+            "statistics on it, at every grid point.",
+            "",
+            "| model | method | accuracy AUC, no fine-tuning | head re-fitted | BatchNorm recalibrated |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for model, methods in study["summary"].items():
+            for method, r in methods.items():
+                a = r["ablation_auc"]
+                lines.append(f"| {model} | {method} | {a['none']:.3f} | {a['refit_head']:.3f} | "
+                             f"{a['bn_recalibrated']:.3f} |")
     return "\n".join(lines)
+
+
+def accuracy_auc(curve: list[dict], key, p_max: float, step: float) -> float:
+    """AUC over [0, p_max] of one accuracy series of a curve, read on the grid as curve_auc reads it."""
+    series = [dict(p, per_class=[key(p)], harmonic_mean=key(p)) for p in curve]
+    return curve_auc(series, step, p_max)["mean"]
 
 
 def plot(study: dict, folder: pathlib.Path) -> None:
@@ -157,7 +187,9 @@ def main(argv=None) -> int:
     parser.add_argument("--signal", default="small-accuracy")
     parser.add_argument("--delta", type=float, default=0.0)
     parser.add_argument("--tau", type=float, default=None)
-    parser.add_argument("--rescore", default="accepted")
+    parser.add_argument("--rescore", default="step", help="accepted, step or never (see ControllerConfig)")
+    parser.add_argument("--m", type=int, default=8, help="units tried by a change of pruning order")
+    parser.add_argument("--class-weighted", action="store_true", help="dpx: class-weighted starting relevance")
     parser.add_argument("--ablations", action="store_true", help="also re-fit head / recalibrate BN per point")
     parser.add_argument("--data", default=str(ROOT / "artifacts" / "data" / "fashion-mnist"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
@@ -173,10 +205,11 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     name = "auc_study_quick" if args.quick else "auc_study"
     seeds = [int(s) for s in args.seeds.split(",")]
-    study = {"settings": {"quick": args.quick, "quick_image_size": quick_size, "shots": 3 if args.quick else 10,
+    study = {"settings": {"argv": list(sys.argv[1:] if argv is None else argv), "quick": args.quick, "quick_image_size": quick_size, "shots": 3 if args.quick else 10,
                           "test_size": args.test_size, "p_max": args.p_max, "step": args.step,
                           "round_to": args.round_to, "signal": args.signal, "delta": args.delta,
-                          "tau": args.tau, "rescore": args.rescore, "seeds": seeds,
+                          "tau": args.tau, "rescore": args.rescore, "m": args.m,
+                          "class_weighted": args.class_weighted, "seeds": seeds,
                           "methods": args.methods.split(","), "ablations": args.ablations},
              "runs": [], "summary": {}, "seconds": 0.0}
     started = time.perf_counter()
@@ -188,7 +221,8 @@ def main(argv=None) -> int:
             base = PruneConfig(data=str(data / "train"), test_data=str(data / "test"), test_size=args.test_size,
                                shots=study["settings"]["shots"], rate=args.p_max, step=args.step,
                                round_to=args.round_to, seed=seed, signal=args.signal, ablations=args.ablations,
-                               delta=args.delta, tau=args.tau, rescore=args.rescore,
+                               delta=args.delta, tau=args.tau, rescore=args.rescore, m=args.m,
+                               class_weighted=args.class_weighted,
                                **spec)
             task = prepare(base, progress=False)
             for method in study["settings"]["methods"]:

@@ -150,7 +150,7 @@ def test_state_at_rates_validation():
         ({"delta": -0.1}, "--delta -0.1"),
         ({"tau": 1.5}, "--tau 1.5"),
         ({"m": 0}, "--m 0"),
-        ({"rescore": "always"}, "--rescore always: must be one of accepted, never"),
+        ({"rescore": "always"}, "--rescore always: must be one of accepted, step, never"),
     ],
 )
 def test_config_validation(kwargs, message):
@@ -277,6 +277,16 @@ def test_rescore_never_only_scores_once():
     log = run_controller(model, ControllerConfig(s_max=0.1, p_max=0.9, rescore="never"))
     assert len(model.committed) == 9
     assert model.rescores == log.relevance_passes == 1
+
+
+def test_rescore_step_scores_once_per_s_max_of_removed_filters():
+    # A refuses every step of 4, so the controller removes single units through order changes: with
+    # "accepted" that would be a relevance pass per unit; with "step" one per 4 filters (s_max).
+    model = ScriptedModel(one_filter_units(40), lambda removed: 1.0 - len(removed) / 100)
+    log = run_controller(model, ControllerConfig(s_max=0.1, p_max=0.5, rescore="step"))
+    assert len(model.committed) == 20 and all(len(keys) == 1 for keys in model.committed)
+    # The start, then after every 4th commit but the last: at 4, 8, 12 and 16 filters.
+    assert model.rescores == log.relevance_passes == 5
 
 
 def test_stops_early_with_a_reason_when_units_run_out():

@@ -38,6 +38,18 @@ def test_crossfit_signals_score_each_image_with_a_head_that_did_not_see_it(task)
     assert len(probability.kept) == accuracy.weight.shape[2] - 3
 
 
+def test_class_weighted_relevance_starts_higher_on_the_weakest_classes(task):
+    signal = ControlSignal("crossfit-probability", task.model, task.head_name, task.small_x, task.small_y,
+                           len(task.classes))
+    per_class = torch.tensor(signal.per_class(), dtype=torch.float64)
+    weights = signal.sample_weights()
+    assert abs(float(weights.mean()) - 1.0) < 1e-5  # the injected relevance keeps its total
+    expected = (1 / per_class.clamp(min=0.05))[task.small_y]
+    torch.testing.assert_close(weights.double(), expected / expected.mean(), rtol=1e-5, atol=1e-6)
+    weakest, strongest = int(per_class.argmin()), int(per_class.argmax())
+    assert weights[task.small_y == weakest][0] > weights[task.small_y == strongest][0]
+
+
 def test_crossfit_needs_two_images_per_class(task):
     from runtime_bench.errors import InputError
 

@@ -65,8 +65,11 @@ def _prune_options(parser: argparse.ArgumentParser) -> None:
     dpx.add_argument("--tau", type=float, help="instead accept if A >= tau x A of the dense model")
     dpx.add_argument("--m", type=int, help="units tried by a change of pruning order (default 8)")
     dpx.add_argument("--s-min-units", type=int, help="smallest step, in units (default 1)")
-    dpx.add_argument("--rescore", choices=["accepted", "never"], help="recompute relevance after each commit")
+    dpx.add_argument("--rescore", choices=["accepted", "step", "never"],
+                     help="recompute relevance after each commit (accepted), after each s_max of filters (step), never")
     dpx.add_argument("--signal", help="A(M): small-accuracy (as specified), crossfit-accuracy, crossfit-probability")
+    dpx.add_argument("--class-weighted", action="store_true", default=None,
+                     help="start each sample's relevance at 1 / (its class's A value): the weakest classes' filters rank higher")
 
 
 def _load_yaml(path: pathlib.Path) -> dict:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Hashable, Protocol
 
 from runtime_bench.errors import InputError
 
-RESCORE_CHOICES = ("accepted", "never")
+RESCORE_CHOICES = ("accepted", "step", "never")
 
 # Pruned fractions are floats computed by the pruner; counts of filters are compared as integers.
 _RATE_TOLERANCE = 1e-9
@@ -85,7 +85,8 @@ class ControllerConfig:
     m: int = 8
     # Prune up to this fraction of the original filters, so that the whole curve exists.
     p_max: float = 0.9
-    # "accepted": recompute relevance after every committed change; "never": only once at the start.
+    # "accepted": recompute relevance after every committed change; "step": once at least s_max of the filters
+    # went since the last pass (what Yeom's schedule pays: one pass per 5%); "never": only once at the start.
     rescore: str = "accepted"
 
     def __post_init__(self) -> None:
@@ -174,6 +175,7 @@ class _Controller:
 
     def rescore(self) -> None:
         self.log.relevance_passes += 1
+        self.removed_at_rescore = self.removed()
         self.model.rescore()
 
     def fetch_ranking(self) -> list[Unit]:
@@ -204,7 +206,9 @@ class _Controller:
 
     def after_commit(self) -> None:
         # The last commit needs no fresh scores: skipping it saves a whole relevance pass.
-        if self.config.rescore == "accepted" and self.removed() < self.target_removed:
+        due = self.config.rescore == "accepted" or (
+            self.config.rescore == "step" and self.removed() - self.removed_at_rescore >= self.s_max_filters)
+        if due and self.removed() < self.target_removed:
             self.rescore()
         self.ranking = self.fetch_ranking()
 

@@ -75,6 +75,7 @@ class PruneConfig:
     s_min_units: int = 1
     rescore: str = "accepted"
     signal: str = "small-accuracy"  # A(M): see toolchain/signals.py
+    class_weighted: bool = False  # starting relevance of each sample 1 / (its class's A value)
     # Ablations, reported beside (never instead of) the no-fine-tuning accuracy at every curve point.
     ablations: bool = False
 
@@ -214,7 +215,7 @@ def torch_latency_ms(model: nn.Module, example: torch.Tensor, runs: int = 20) ->
 
 
 def filter_scores(method: str, model: nn.Module, task: Task, config: PruneConfig, progress: bool,
-                  generator: torch.Generator) -> dict[str, torch.Tensor]:
+                  generator: torch.Generator, sample_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     if method == "l1":
         return l1_filter_scores(model)
     if method == "random":
@@ -224,7 +225,7 @@ def filter_scores(method: str, model: nn.Module, task: Task, config: PruneConfig
     bar = tqdm(total=len(task.small_x), desc="relevance pass", unit="img", leave=False, disable=not progress)
     try:
         return lrp_filter_scores(model, task.small_x, task.small_y, config.batch_size, config.head_rule,
-                                 progress=bar.update, allow_fallback=config.allow_fallback)
+                                 sample_weights, progress=bar.update, allow_fallback=config.allow_fallback)
     finally:
         bar.close()
 
@@ -354,15 +355,17 @@ def prune_with_controller(task: Task, config: PruneConfig, progress: bool = True
                 next_grid[0] += config.step
 
     def scorer():
-        return filter_scores("lrp", model, task, config, progress, torch.Generator())
+        weights = prunable.signal.sample_weights() if config.class_weighted else None
+        return filter_scores("lrp", model, task, config, progress, torch.Generator(), weights)
 
+    prunable = TorchPrunable(task, config, graph, scorer, record)
     bar = tqdm(total=round(100 * config.rate), desc="pruning (dpx)", unit="%", disable=not progress)
 
     def on_event(event):
         bar.n = round(100 * graph.pruned_fraction)
         bar.set_postfix(last=event["kind"], A=f"{event.get('a_after', 0):.3f}", refresh=True)
 
-    log = run_controller(TorchPrunable(task, config, graph, scorer, record), controller_config, on_event)
+    log = run_controller(prunable, controller_config, on_event)
     bar.close()
     if curve[-1]["filters"] != graph.filters:
         curve.append(curve_point(model, graph, task, example, config.ablations))

@@ -66,14 +66,18 @@ class ControlSignal:
         """After a commit changed the model for good."""
         self.head_inputs.refresh()
 
-    @torch.no_grad()
     def __call__(self, masked_inputs: list[int] = (), changed: set[nn.Module] = frozenset()) -> float:
         """A of the model; `changed` are the modules a mask currently alters and `masked_inputs` the
         head-input positions it hides."""
+        return harmonic_mean(self.per_class(masked_inputs, changed))
+
+    @torch.no_grad()
+    def per_class(self, masked_inputs: list[int] = (), changed: set[nn.Module] = frozenset()) -> list[float]:
+        """The per-class values whose harmonic mean is A."""
         features = self.head_inputs(changed)
         if self.kind == "small-accuracy":
             correct = (self.head(features).argmax(1) == self.labels).float()
-            return harmonic_mean(_per_class_mean(correct, self.labels, self.num_classes))
+            return _per_class_mean(correct, self.labels, self.num_classes)
         weight = self.weight[:, :, self.kept]
         if len(masked_inputs):
             weight = weight.clone()
@@ -83,4 +87,11 @@ class ControlSignal:
             values = (logits.argmax(1) == self.labels).float()
         else:
             values = logits.softmax(1)[torch.arange(len(self.labels)), self.labels]
-        return harmonic_mean(_per_class_mean(values, self.labels, self.num_classes))
+        return _per_class_mean(values, self.labels, self.num_classes)
+
+    def sample_weights(self, floor: float = 0.05) -> torch.Tensor:
+        """METHOD.md's class-weighted variant: each sample's starting relevance 1 / (its class's value),
+        so that filters the weakest classes rely on rank higher; scaled to mean 1 (the total is unchanged)."""
+        inverse = 1.0 / torch.tensor(self.per_class(), dtype=torch.float64).clamp(min=floor)
+        weights = inverse[self.labels]
+        return (weights / weights.mean()).float()
