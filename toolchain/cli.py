@@ -415,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export dense and pruned models to ONNX through the parity gate")
     p.add_argument("out", help="folder written by 'edgeprune prune'")
     p.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "torchscript"])
+    # exporters.tensorrt.PRECISIONS, spelled out so that --help does not import onnx
     p.add_argument("--tensorrt", nargs="+", choices=["fp32", "fp16", "int8"], metavar="PRECISION",
                    help="also build TensorRT engines of both models: fp32, fp16 and/or int8 (needs TensorRT and a GPU)")
     p.set_defaults(func=cmd_export)
