@@ -155,3 +155,29 @@ def top1_agreement(logits_a: Any, logits_b: Any) -> float:
             f"top1_agreement: need two non-empty (N, C) arrays of equal shape, got {a.shape} and {b.shape}"
         )
     return float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1)))
+
+
+def compare_with_reference(
+    reference: Backend,
+    candidate: Backend,
+    images: Any,
+    labels: Any,
+    num_classes: int,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Accuracy of `candidate` (e.g. an FP16 engine) next to `reference` (e.g. the FP32 ONNX model) on the
+    same images: both accuracies, the delta candidate - reference, top-1 agreement, largest logit difference."""
+    ref = evaluate(reference, images, labels, num_classes, batch_size, return_logits=True)
+    cand = evaluate(candidate, images, labels, num_classes, batch_size, return_logits=True)
+    ref_logits, cand_logits = ref.pop("logits"), cand.pop("logits")
+    return {
+        "accuracy": cand["accuracy"],
+        "harmonic_mean": cand["harmonic_mean"],
+        "per_class": cand["per_class"],
+        "reference_accuracy": ref["accuracy"],
+        "reference_harmonic_mean": ref["harmonic_mean"],
+        "accuracy_delta": cand["accuracy"] - ref["accuracy"],
+        "top1_agreement": top1_agreement(ref_logits, cand_logits),
+        "max_abs_logit_diff": float(np.max(np.abs(ref_logits - cand_logits))),
+        "count": cand["count"],
+    }

@@ -16,6 +16,7 @@ import numpy as np
 from runtime_bench.errors import InputError
 
 FAKE_BACKEND_NAME = "fake-sleep-for-tests"
+FAKE_TENSORRT_BACKEND_NAME = "fake-tensorrt-for-tests"
 
 
 def _first_line(text: str, limit: int = 200) -> str:
@@ -232,51 +233,69 @@ def _import_onnxruntime(backend_name: str, package: str) -> Any:
     return onnxruntime
 
 
-# Backends that can be opened now, by name.
+class OrtCudaBackend(OrtCpuBackend):
+    """onnxruntime on its CUDA execution provider (onnxruntime-gpu)."""
+
+    name = "ort-cuda"
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    package = "onnxruntime-gpu"
+
+    def __init__(self, model_path: Any, threads: int | None = None) -> None:
+        ort = _import_onnxruntime(self.name, self.package)
+        wanted = self.providers[0]
+        if wanted not in ort.get_available_providers():
+            raise InputError(f"backend '{self.name}' needs the package {self.package} (pip install {self.package})")
+        super().__init__(model_path, threads)
+        # onnxruntime falls back to the CPU silently when a GPU provider cannot start; a CPU timing
+        # under a GPU label would be worse than no timing.
+        active = self._session.get_providers()
+        if not active or active[0] != wanted:
+            raise InputError(
+                f"{self.model_path}: onnxruntime could not start {wanted} (it runs on {', '.join(active)}); "
+                "check the CUDA and cuDNN libraries"
+            )
+
+
+class OrtTensorrtBackend(OrtCudaBackend):
+    """onnxruntime on its TensorRT execution provider (FP32; engines are built at session start)."""
+
+    name = "ort-trt"
+    providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def _open_tensorrt(model_path: Any, threads: int | None = None) -> Backend:
+    from runtime_bench.tensorrt_backend import TensorRTBackend
+
+    return TensorRTBackend(model_path, threads)
+
+
+def _open_fake_tensorrt(model_path: Any, threads: int | None = None) -> Backend:
+    from runtime_bench.fake_tensorrt import FakeTensorRTBackend
+
+    return FakeTensorRTBackend(model_path, threads)
+
+
+# Backends by name. Runtimes and the TensorRT modules are imported when a backend is opened.
 BACKENDS: dict[str, Callable[..., Backend]] = {
     OrtCpuBackend.name: OrtCpuBackend,
-    FakeSleepBackend.name: FakeSleepBackend,
+    OrtCudaBackend.name: OrtCudaBackend,
+    OrtTensorrtBackend.name: OrtTensorrtBackend,
+    "tensorrt": _open_tensorrt,
+    FAKE_BACKEND_NAME: FakeSleepBackend,
+    FAKE_TENSORRT_BACKEND_NAME: _open_fake_tensorrt,
 }
-
-# Names users may ask for that need another package: name -> (package, onnxruntime provider or None).
-KNOWN_BUT_UNAVAILABLE: dict[str, tuple[str, str | None]] = {
-    "ort-cuda": ("onnxruntime-gpu", "CUDAExecutionProvider"),
-    "ort-trt": ("onnxruntime-gpu", "TensorrtExecutionProvider"),
-    "tensorrt": ("tensorrt", None),
-}
+FAKE_BACKENDS = (FAKE_BACKEND_NAME, FAKE_TENSORRT_BACKEND_NAME)
+ENGINE_BACKENDS = ("tensorrt", FAKE_TENSORRT_BACKEND_NAME)  # they open serialized engines, not ONNX files
 
 
 def backend_names() -> list[str]:
-    """Names offered to users (the fake test backend is left out on purpose)."""
-    names = [name for name in BACKENDS if name != FAKE_BACKEND_NAME]
-    return names + [name for name in KNOWN_BUT_UNAVAILABLE if name not in BACKENDS]
-
-
-def _unavailable(name: str) -> InputError:
-    package, provider = KNOWN_BUT_UNAVAILABLE[name]
-    needs = InputError(f"backend '{name}' needs the package {package} (pip install {package})")
-    if provider is not None:
-        try:
-            import onnxruntime
-        except ImportError:
-            return needs
-        if provider not in onnxruntime.get_available_providers():
-            return needs
-    else:
-        try:
-            __import__(package)
-        except ImportError:
-            return needs
-    # The package is there, but this version of runtime_bench has no backend class for it yet.
-    ready = [n for n in BACKENDS if n != FAKE_BACKEND_NAME]
-    return InputError(f"backend '{name}' is not implemented yet; choose from: {', '.join(ready)}")
+    """Names offered to users (the fake test backends are left out on purpose)."""
+    return [name for name in BACKENDS if name not in FAKE_BACKENDS]
 
 
 def open_backend(name: str, model_path: Any, threads: int | None = None) -> Backend:
     """Open `model_path` with the backend called `name` (see `backend_names()`)."""
     factory = BACKENDS.get(name)
     if factory is None:
-        if name in KNOWN_BUT_UNAVAILABLE:
-            raise _unavailable(name)
         raise InputError(f"unknown backend '{name}'; choose from: {', '.join(backend_names())}")
     return factory(model_path, threads=threads)

@@ -20,6 +20,10 @@ The folder holds `manifest.json`, the model files and the evaluation file, all s
         "labels": ["class 0", "class 1"]           # class names; the model's output index order
       },
       "eval": {"file": "eval.npz", "sha256": "..."},  # arrays images (N,C,H,W float32), labels (N,) int64
+      "engines": [                                 # optional: serialized TensorRT engines, benchmarked
+        {"label": "dense-fp16", "file": "dense.fp16.engine", "sha256": "...",   # with --backend tensorrt;
+         "precision": "fp16", "tensorrt_version": "10.3.0", "gpu": "Orin"}      # they run only with that
+      ],                                                                        # TensorRT and GPU model
       "extra": {}                                  # optional, free-form; copied into the report
     }
 
@@ -46,6 +50,7 @@ BUNDLE_FORMAT = "edgeprune-bundle"
 BUNDLE_SCHEMA_VERSION = "1"
 DEFAULT_REPORT_NAME = "bench.json"
 SUPPORTED_DTYPES = ("float32",)
+ENGINE_KEYS = ("precision", "tensorrt_version", "gpu")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -103,6 +108,23 @@ def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
+def _check_entries(entries: list, key: str, where: str) -> None:
+    """Each entry of `key` (models, engines) has a unique label, a plain file name and a sha256."""
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        at = f"{where}: {key}[{i}]"
+        if not isinstance(entry, dict):
+            raise InputError(f"{at} must be an object with label, file, sha256")
+        label = entry.get("label")
+        if not isinstance(label, str) or not label:
+            raise InputError(f"{at}.label must be a non-empty string")
+        if label in seen:
+            raise InputError(f"{at}.label {label!r} is used twice")
+        seen.add(label)
+        _check_file_name(entry.get("file"), f"{at}.file")
+        _check_sha(entry.get("sha256"), f"{at}.sha256")
+
+
 def validate_manifest(manifest: Any, where: str) -> dict[str, Any]:
     """Check the manifest's structure (not the files); `where` names it in errors."""
     if not isinstance(manifest, dict):
@@ -118,19 +140,16 @@ def validate_manifest(manifest: Any, where: str) -> dict[str, Any]:
     models = manifest.get("models")
     if not isinstance(models, list) or not models:
         raise InputError(f"{where}: 'models' must be a non-empty list")
-    seen: set[str] = set()
-    for i, entry in enumerate(models):
-        at = f"{where}: models[{i}]"
-        if not isinstance(entry, dict):
-            raise InputError(f"{at} must be an object with label, file, sha256")
-        label = entry.get("label")
-        if not isinstance(label, str) or not label:
-            raise InputError(f"{at}.label must be a non-empty string")
-        if label in seen:
-            raise InputError(f"{at}.label {label!r} is used twice")
-        seen.add(label)
-        _check_file_name(entry.get("file"), f"{at}.file")
-        _check_sha(entry.get("sha256"), f"{at}.sha256")
+    _check_entries(models, "models", where)
+    if "engines" in manifest:
+        engines = manifest["engines"]
+        if not isinstance(engines, list):
+            raise InputError(f"{where}: 'engines' must be a list")
+        _check_entries(engines, "engines", where)
+        for i, entry in enumerate(engines):
+            for key in ENGINE_KEYS:
+                if not isinstance(entry.get(key), str) or not entry[key]:
+                    raise InputError(f"{where}: engines[{i}].{key} must be a non-empty string")
     _check_input(manifest.get("input"), where)
     evaluation = manifest.get("eval")
     if not isinstance(evaluation, dict):
@@ -174,6 +193,7 @@ def read_bundle(path: Any, verify: bool = True) -> dict[str, Any]:
     bundle["dir"] = folder
     bundle["manifest_path"] = manifest_path
     bundle["models"] = [dict(m, path=os.path.join(folder, m["file"])) for m in manifest["models"]]
+    bundle["engines"] = [dict(m, path=os.path.join(folder, m["file"])) for m in manifest.get("engines", [])]
     bundle["eval"] = dict(manifest["eval"], path=os.path.join(folder, manifest["eval"]["file"]))
     if verify:
         verify_bundle(bundle)
@@ -182,7 +202,7 @@ def read_bundle(path: Any, verify: bool = True) -> dict[str, Any]:
 
 def verify_bundle(bundle: dict[str, Any]) -> None:
     """Every listed file exists and has the sha256 the manifest gives (InputError naming the file)."""
-    entries = list(bundle["models"]) + [bundle["eval"]]
+    entries = list(bundle["models"]) + list(bundle.get("engines", [])) + [bundle["eval"]]
     for entry in entries:
         path = entry["path"]
         if not os.path.isfile(path):
@@ -204,11 +224,13 @@ def write_bundle_manifest(
     input_spec: dict[str, Any],
     eval_file: str = "eval.npz",
     extra: dict[str, Any] | None = None,
+    engines: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Hash the files already in `bundle_dir` and write its manifest.json atomically; return it.
 
     `models`: label -> model file name in the folder, baseline first (dict order is kept).
     `input_spec`: {"shape": [N, C, H, W], "dtype": "float32", "preprocessing": {...}, "labels": [...]}.
+    `engines`: label -> {"file", "precision", "tensorrt_version", "gpu"} of TensorRT engines in the folder.
     """
     folder = os.fspath(bundle_dir)
     if not os.path.isdir(folder):
@@ -238,6 +260,12 @@ def write_bundle_manifest(
         },
         "eval": {"file": eval_file, "sha256": hashed(eval_file, "eval file")},
     }
+    if engines:
+        manifest["engines"] = [
+            dict({key: spec[key] for key in ENGINE_KEYS}, label=label, file=spec["file"],
+                 sha256=hashed(spec["file"], f"engine {label!r}"))
+            for label, spec in engines.items()
+        ]
     if extra is not None:
         manifest["extra"] = extra
     validate_manifest(manifest, where)
@@ -279,8 +307,10 @@ def benchmark_bundle(
     """Verify the bundle, then benchmark all its models (interleaved) on its eval data; the report.
 
     `batch_size` None takes the manifest's fixed batch (input.shape[0]) or 1. `timing` goes to
-    `run_benchmark` (warmup_runs, warmup_s, min_runs, min_s, strict, blocks, progress).
+    `run_benchmark` (warmup_runs, warmup_s, min_runs, min_s, strict, blocks, progress). A TensorRT backend
+    benchmarks the bundle's engines instead of its ONNX models.
     """
+    from runtime_bench.backends import ENGINE_BACKENDS
     from runtime_bench.bench import run_benchmark
 
     bundle = read_bundle(path, verify=True)
@@ -288,7 +318,11 @@ def benchmark_bundle(
     fixed = bundle["input"]["shape"][0]
     if batch_size is None:
         batch_size = fixed if _positive_int(fixed) else 1
-    models = {m["label"]: m["path"] for m in bundle["models"]}
+    entries = bundle["engines"] if backend in ENGINE_BACKENDS else bundle["models"]
+    if not entries:
+        raise InputError(f"{bundle['manifest_path']}: the bundle has no TensorRT engines for backend '{backend}' "
+                         "(deploy with a tensorrt section on a machine with TensorRT and a GPU)")
+    models = {m["label"]: m["path"] for m in entries}
     report = run_benchmark(
         models, images, labels, num_classes, backend=backend, threads=threads, batch_size=batch_size, **timing
     )
@@ -299,7 +333,7 @@ def benchmark_bundle(
         "dir": bundle["dir"],
         "manifest_sha256": sha256_file(bundle["manifest_path"]),
         "schema_version": bundle["schema_version"],
-        "models": {m["label"]: {"file": m["file"], "sha256": m["sha256"]} for m in bundle["models"]},
+        "models": {m["label"]: {"file": m["file"], "sha256": m["sha256"]} for m in entries},
         "eval": {"file": bundle["eval"]["file"], "sha256": bundle["eval"].get("sha256")},
         "input": {"shape": bundle["input"]["shape"], "dtype": bundle["input"]["dtype"]},
         "preprocessing": bundle["input"]["preprocessing"],

@@ -4,6 +4,9 @@ model.onnx and dense.onnx, manifest.json (hashes, input spec, preprocessing, lab
 subset as eval.npz, and a copy of runtime_bench. On the device (numpy + onnxruntime only):
 
     cd bundle && python -m runtime_bench .
+
+When TensorRT engines were built they are in the bundle too (`engines` in the manifest), benchmarked with
+`python -m runtime_bench . --backend tensorrt` on a machine with the same TensorRT version and GPU model.
 """
 
 from __future__ import annotations
@@ -21,12 +24,15 @@ EVAL_IMAGES = 200  # enough for a per-class accuracy check on the device, small 
 
 
 def make_bundle(out: pathlib.Path, images: np.ndarray, labels: np.ndarray, manifest: dict,
-                eval_images: int = EVAL_IMAGES) -> pathlib.Path:
+                engines: dict | None = None, eval_images: int = EVAL_IMAGES) -> pathlib.Path:
+    """`engines`: label -> build record (exporters.tensorrt.build_engine) of engines to include."""
     bundle = out / "bundle"
     bundle.mkdir(parents=True, exist_ok=True)
-    for name in ("dense.onnx", "model.onnx"):
-        with atomic_output(bundle / name) as tmp:
-            shutil.copyfile(out / name, tmp)
+    engines = engines or {}
+    engine_names = {label: pathlib.Path(r["engine"]).name for label, r in engines.items()}
+    for source in [out / "dense.onnx", out / "model.onnx"] + [pathlib.Path(r["engine"]) for r in engines.values()]:
+        with atomic_output(bundle / source.name) as tmp:
+            shutil.copyfile(source, tmp)
     # A balanced subset: every class keeps its share, in the test set's order.
     picked = np.concatenate([np.flatnonzero(labels == c)[: max(1, eval_images // len(manifest["classes"]))]
                              for c in range(len(manifest["classes"]))])
@@ -44,5 +50,7 @@ def make_bundle(out: pathlib.Path, images: np.ndarray, labels: np.ndarray, manif
          "labels": list(manifest["classes"])},
         eval_file="eval.npz",
         extra={"source": manifest["source"], "pruned_rate": manifest["curve"][-1]["rate"]},
+        engines={label: {"file": engine_names[label], "precision": r["precision"],
+                         "tensorrt_version": r["tensorrt_version"], "gpu": r["gpu"]} for label, r in engines.items()},
     )
     return bundle

@@ -2,7 +2,8 @@
 
   edgeprune assets [--out DIR]                       the packaged default model weights and images
   edgeprune prune --model M --data SMALL ... --out OUT
-  edgeprune export OUT                               OUT/dense.onnx and OUT/model.onnx, parity-gated
+  edgeprune export OUT [--tensorrt fp16 ...]         OUT/dense.onnx and OUT/model.onnx, parity-gated
+                                                     (and TensorRT engines of both)
   edgeprune bench MODEL.onnx [MODEL2.onnx] --data TEST --json FILE
   edgeprune deploy [--config FILE] [--out OUT]       all of it, from a YAML config
 
@@ -25,7 +26,7 @@ from runtime_bench.errors import EdgePruneError, InputError
 DEFAULT_CONFIG = pathlib.Path("configs/default.yaml")
 BENCH_DEFAULTS = {"backend": "ort-cpu", "threads": None, "batch_size": 1, "min_runs": 100, "min_seconds": 5.0,
                   "warmup_runs": 10}
-DEPLOY_KEYS = {"assets", "bench", "export"}
+DEPLOY_KEYS = {"assets", "bench", "export", "tensorrt"}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -198,11 +199,47 @@ def export_models(out: pathlib.Path, exporter: str = "auto", progress: bool = Tr
 
 def cmd_export(args) -> int:
     out = pathlib.Path(args.out)
+    settings = None
+    if args.tensorrt:
+        from exporters.tensorrt import detect
+
+        from .engines import tensorrt_settings
+
+        try:  # before minutes of export: an engine that cannot be built is an error here, not a skip
+            detect()
+        except InputError as exc:
+            raise InputError(f"--tensorrt {' '.join(args.tensorrt)}: {exc}") from None
+        settings = tensorrt_settings({"precisions": args.tensorrt}, "--tensorrt")
     results = export_models(out, args.exporter, progress=not args.quiet)
     for label, r in results.items():
         print(f"{r['path']}: parity passed (top-1 agreement {r['top1_agreement']:.4f}, max |diff| "
               f"{r['max_abs_diff']:.2g} <= {r['tolerance']:.2g}), {r['file_bytes'] / 1e6:.1f} MB")
+    if settings is not None:
+        from .artifact import read_manifest
+        from .engines import build_engines
+
+        for r in build_engines(out, settings, read_manifest(out), progress=not args.quiet).values():
+            print(f"{r['engine']}: TensorRT {r['tensorrt_version']} {r['precision']} engine for {r['gpu']} "
+                  f"({r['method']}{'; from the engine cache' if r['cache_hit'] else ''}), {r['bytes'] / 1e6:.1f} MB")
     return 0
+
+
+def tensorrt_stage(out: pathlib.Path, settings: dict | None, manifest: dict, images, labels, bench: dict,
+                   progress: bool) -> dict | None:
+    """Engines and their measurements for deploy, or None after one line on stderr saying why not."""
+    from runtime_bench.tensorrt_backend import TensorRTUnavailable
+
+    from .engines import build_engines, evaluate_engines, skip_line
+
+    if settings is None:
+        print(skip_line("the config has no tensorrt section"), file=sys.stderr)
+        return None
+    try:
+        built = build_engines(out, settings, manifest, progress)
+    except TensorRTUnavailable as exc:
+        print(skip_line(str(exc)), file=sys.stderr)
+        return None
+    return evaluate_engines(built, images, labels, len(manifest["classes"]), bench, progress)
 
 
 def _bench_data(data: str, models: list[str], args) -> tuple:
@@ -284,11 +321,13 @@ def cmd_deploy(args) -> int:
     from .artifact import MANIFEST
     from .assets import prepare_default_assets
     from .bundle import make_bundle
+    from .engines import tensorrt_settings
     from .pipeline import run_prune, test_arrays
     from .report import build_report, write_report
 
     config_file = pathlib.Path(args.config) if args.config else DEFAULT_CONFIG
     config, extra = resolve_config(args, config_file)
+    trt_settings = tensorrt_settings(extra.get("tensorrt"), str(config_file))
     out = _out_dir(args.out)
     progress = not args.quiet
     timings = {}
@@ -323,11 +362,19 @@ def cmd_deploy(args) -> int:
     timings["export"] = time.perf_counter() - t
     t = time.perf_counter()
     images, labels = test_arrays(manifest, progress=progress)
-    make_bundle(out, images, labels, manifest)
+    bench_settings = dict(BENCH_DEFAULTS, **(extra.get("bench") or {}))
+    t_engines = time.perf_counter()
+    engines = tensorrt_stage(out, trt_settings, manifest, images, labels, bench_settings, progress)
+    engine_seconds = time.perf_counter() - t_engines
+    make_bundle(out, images, labels, manifest, engines["engines"] if engines else None)
     bench = bench_models({"dense": str(out / "dense.onnx"), "pruned": str(out / "model.onnx")}, images, labels,
-                         len(manifest["classes"]), extra.get("bench"), progress)
-    timings["bench"] = time.perf_counter() - t
+                         len(manifest["classes"]), bench_settings, progress)
+    timings["bench"] = time.perf_counter() - t - engine_seconds
+    if engines is not None:
+        timings["tensorrt"] = engine_seconds
     report = build_report(out, export, bench, resolved)
+    if engines is not None:
+        report["tensorrt"] = engines
     report["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     write_report(out, report)
     s = report["summary"]
@@ -371,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export dense and pruned models to ONNX through the parity gate")
     p.add_argument("out", help="folder written by 'edgeprune prune'")
     p.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "torchscript"])
+    # exporters.tensorrt.PRECISIONS, spelled out so that --help does not import onnx
+    p.add_argument("--tensorrt", nargs="+", choices=["fp32", "fp16", "int8"], metavar="PRECISION",
+                   help="also build TensorRT engines of both models: fp32, fp16 and/or int8 (needs TensorRT and a GPU)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="latency and accuracy of ONNX models (two are timed alternately); "

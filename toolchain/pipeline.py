@@ -482,3 +482,11 @@ def test_arrays(manifest: dict, limit: int | None = None, progress: bool = True)
                                     config.strict)
     return images, labels
 
+
+def small_arrays(manifest: dict, progress: bool = True):
+    """The small labelled set of a pruning run, preprocessed as the manifest says (INT8 calibration data)."""
+    config = PruneConfig(**manifest["config"])
+    small, _ = sample_k_shot(scan_image_folder(config.data), config.shots, config.seed, config.allow_fewer)
+    images, labels, _ = load_images(small, Preprocessing.from_dict(manifest["preprocessing"]), progress,
+                                    config.strict)
+    return images, labels

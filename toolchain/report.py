@@ -10,6 +10,9 @@ report.json, schema_version "1":
   benchmark: runtime_bench report (ONNX Runtime, dense vs pruned timed alternately; accuracy per model)
   summary: {accuracy_dense, accuracy_pruned, harmonic_mean_dense, harmonic_mean_pruned, p50_ms_dense,
             p50_ms_pruned, speedup_p50, speedup_low, speedup_high, macs_reduction, speedup_over_macs}
+  tensorrt (only when engines were built): toolchain.engines.evaluate_engines: {engines: label -> build
+            record, accuracy: label -> engine next to its FP32 ONNX model, benchmarks: precision ->
+            runtime_bench report of the dense and pruned engines}
 """
 
 from __future__ import annotations
@@ -113,8 +116,26 @@ def to_markdown(report: dict) -> str:
             f"{point['harmonic_mean']:.3f} | {classes[worst]} {_pct(point['per_class'][worst])} | "
             f"{point['torch_latency_ms']:.2f} |"
         )
+    if report.get("tensorrt"):
+        lines += ["", *tensorrt_table(report["tensorrt"])]
     lines += ["", "Plots: `accuracy_vs_rate.png`, `latency_vs_rate.png`.", ""]
     return "\n".join(lines)
+
+
+def tensorrt_table(engines: dict) -> list:
+    """Markdown lines: every engine's accuracy next to its FP32 ONNX model, and its latency."""
+    first = next(iter(engines["engines"].values()))
+    lines = [f"## TensorRT engines ({first['gpu']}, TensorRT {first['tensorrt_version']})", "",
+             "| engine | how | accuracy | vs FP32 ONNX | top-1 agreement | p50 (ms) | p99 (ms) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for label, record in engines["engines"].items():
+        accuracy = engines["accuracy"][label]
+        model = "dense" if label.startswith("dense-") else "pruned"
+        latency = engines["benchmarks"][record["precision"]]["models"][model]["latency"]
+        lines.append(f"| {label} | {record['method']} | {_pct(accuracy['accuracy'])} | "
+                     f"{100 * accuracy['accuracy_delta']:+.1f} pt | {accuracy['top1_agreement']:.3f} | "
+                     f"{latency['p50_ms']:.3f} | {latency['p99_ms']:.3f} |")
+    return lines
 
 
 def plot(report: dict, out: pathlib.Path) -> list:
