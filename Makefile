@@ -10,6 +10,9 @@ CONFIG ?= configs/default.yaml
 export TORCH_HOME ?= $(CURDIR)/.cache/torch
 STAMP := $(VENV)/.installed-stamp
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
+SSHD := /usr/sbin/sshd
+# `make deploy DEVICE=user@host[:port]` also benchmarks the bundle on that device over SSH.
+DEVICE ?=
 
 .PHONY: deploy test bench lint clean assets check-minimal harness-truth study
 
@@ -32,13 +35,22 @@ $(FASHION_MNIST):
 	  (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null); \
 	else echo "note: $(FASHION_MNIST) missing and apt-get unavailable; Fashion-MNIST will be downloaded"; fi
 
+# An OpenSSH server for tests/test_remote.py (a real sshd on 127.0.0.1); without it that test skips, saying why.
+$(SSHD):
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q openssh-server >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q openssh-server >/dev/null 2>&1) || \
+	  echo "note: could not install openssh-server; tests/test_remote.py will skip"; \
+	else echo "note: $(SSHD) missing and apt-get unavailable (or not root); tests/test_remote.py will skip"; fi
+
 assets: $(STAMP) | $(FASHION_MNIST)
 	$(VENV)/bin/edgeprune assets
 
 deploy: $(STAMP) | $(FASHION_MNIST)
-	$(VENV)/bin/edgeprune deploy --config $(CONFIG) --out $(OUT)
+	$(VENV)/bin/edgeprune deploy --config $(CONFIG) --out $(OUT) $(if $(DEVICE),--device $(DEVICE))
 
-test: $(STAMP) | $(FASHION_MNIST)
+test: $(STAMP) | $(FASHION_MNIST) $(SSHD)
 	$(PY) -m pytest -q --durations=15
 
 bench: $(STAMP) | $(FASHION_MNIST)

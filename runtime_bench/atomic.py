@@ -20,12 +20,18 @@ def _umask() -> int:
     return mask
 
 
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[pathlib.Path]:
-    """Yield a temporary path next to `path`; on success it replaces `path`, on any error it is removed."""
+def check_output_folder(path: str | os.PathLike) -> None:
+    """The folder `path` would be written into exists (checked before work whose result goes there)."""
     path = pathlib.Path(path)
     if not path.parent.is_dir():
         raise InputError(f"{path}: folder {path.parent} does not exist")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[pathlib.Path]:
+    """Yield a temporary path next to `path`; on success it replaces `path`, on any error it is removed."""
+    check_output_folder(path)
+    path = pathlib.Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp

@@ -101,8 +101,18 @@ def load_report(path: Any) -> dict[str, Any]:
         raise InputError(f"{path}: not a file")
     try:
         with open(path, encoding="utf-8") as handle:
-            report = json.load(handle)
+            text = handle.read()
     except (OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: not a runtime_bench report (not valid JSON: {reason})") from None
+    return parse_report(text, path)
+
+
+def parse_report(text: str, path: str) -> dict[str, Any]:
+    """`load_report` for JSON text already read (e.g. fetched from a device); `path` names it in errors."""
+    try:
+        report = json.loads(text)
+    except ValueError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{path}: not a runtime_bench report (not valid JSON: {reason})") from None
     if not isinstance(report, dict) or "schema_version" not in report:

@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from bundles_for_tests import INPUT, LABELS, write_tiny_bundle
 
 from runtime_bench.backends import FAKE_BACKEND_NAME
 from runtime_bench.bundle import (
@@ -25,44 +24,12 @@ from runtime_bench.errors import InputError
 from runtime_bench.report import SCHEMA_VERSION
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LABELS = ["cat", "dog", "fox"]
-INPUT = {"shape": [None, 1, 2, 2], "dtype": "float32", "preprocessing": {"scale": 1.0}, "labels": LABELS}
 FAST = ("--warmup-runs", "2", "--warmup-seconds", "0", "--min-runs", "5", "--min-seconds", "0.05")
-
-
-def _write_model(path: Path, seed: int) -> None:
-    """(N, 1, 2, 2) -> Flatten -> Gemm -> (N, 3) logits."""
-    rng = np.random.default_rng(seed)
-    graph = helper.make_graph(
-        [
-            helper.make_node("Flatten", ["x"], ["flat"], axis=1),
-            helper.make_node("Gemm", ["flat", "W", "b"], ["y"]),
-        ],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 2, 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
-        initializer=[
-            numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "W"),
-            numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
 
 
 @pytest.fixture()
 def bundle_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "bundle"
-    folder.mkdir()
-    _write_model(folder / "dense.onnx", 1)
-    _write_model(folder / "model.onnx", 2)
-    rng = np.random.default_rng(3)
-    images = rng.standard_normal((12, 1, 2, 2)).astype(np.float32)
-    np.savez(folder / "eval.npz", images=images, labels=(np.arange(12) % 3).astype(np.int64))
-    write_bundle_manifest(folder, {"dense": "dense.onnx", "pruned": "model.onnx"}, INPUT, "eval.npz",
-                          extra={"source": "test"})  # fmt: skip
-    return folder
+    return write_tiny_bundle(tmp_path / "bundle")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

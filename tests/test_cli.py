@@ -151,6 +151,7 @@ def error_runs(tmp_path_factory, image_data, write_images) -> dict:
     onnx_bytes = _tiny_onnx_bytes()
     onnx_file.write_bytes(onnx_bytes[: len(onnx_bytes) // 2])
     report = base / "reports" / "bench.json"
+    report.parent.mkdir()  # a missing output folder is an error of its own, checked before the models
     case("bench_truncated_onnx", ["bench", onnx_file, "--data", image_data.test, "--json", report,
                                   "--image-size", "32", "--min-runs", "2", "--min-seconds", "0"],
          report.parent, model=onnx_file, report=report)

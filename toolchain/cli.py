@@ -5,9 +5,11 @@
   edgeprune export OUT [--tensorrt fp16 ...]         OUT/dense.onnx and OUT/model.onnx, parity-gated
                                                      (and TensorRT engines of both)
   edgeprune bench MODEL.onnx [MODEL2.onnx] --data TEST --json FILE
-  edgeprune deploy [--config FILE] [--out OUT]       all of it, from a YAML config
+  edgeprune deploy [--config FILE] [--out OUT] [--device USER@HOST]   all of it, from a YAML config
+  edgeprune remote-bench OUT --device USER@HOST[:PORT]   OUT/bundle benchmarked on a device over SSH
 
-Exit codes: 0 done, 2 bad input or usage, 3 a check failed (parity gate), 130 interrupted.
+Exit codes: 0 done, 2 bad input or usage, 3 a check failed (parity gate) or the device connection did,
+130 interrupted.
 Errors are one line on stderr, never a traceback.
 """
 
@@ -289,7 +291,16 @@ def cmd_bench_compare(args) -> int:
     return 0
 
 
+def _print_bench_summary(report: dict) -> None:
+    for label, m in report["models"].items():
+        print(f"{label}: p50 {m['latency']['p50_ms']:.2f} ms, accuracy {m['accuracy']['accuracy']:.3f}")
+    if report.get("comparison"):
+        c = report["comparison"]
+        print(f"speedup {c['speedup_p50']:.2f}x ({c['low']:.2f}-{c['high']:.2f})")
+
+
 def cmd_bench(args) -> int:
+    from runtime_bench.atomic import check_output_folder
     from runtime_bench.bench import model_labels
     from runtime_bench.report import to_markdown, write_json_atomic, write_text_atomic
 
@@ -298,6 +309,9 @@ def cmd_bench(args) -> int:
     for flag, value in (("--data", args.data), ("--json", args.json)):
         if value is None:
             raise InputError(f"edgeprune bench: {flag} is required")
+    for target in (args.json, args.md, args.png):  # before minutes of measuring, not after
+        if target:
+            check_output_folder(target)
     for model in args.models:
         if not pathlib.Path(model).is_file():
             raise InputError(f"{model}: no such file")
@@ -309,11 +323,76 @@ def cmd_bench(args) -> int:
     write_json_atomic(report, args.json)
     if args.md:
         write_text_atomic(to_markdown(report), args.md)
-    for label, m in report["models"].items():
-        print(f"{label}: p50 {m['latency']['p50_ms']:.2f} ms, accuracy {m['accuracy']['accuracy']:.3f}")
-    if report.get("comparison"):
-        c = report["comparison"]
-        print(f"speedup {c['speedup_p50']:.2f}x ({c['low']:.2f}-{c['high']:.2f})")
+    if args.png:
+        from .report import plot_bench
+
+        plot_bench(report, pathlib.Path(args.png), args.json)
+    _print_bench_summary(report)
+    return 0
+
+
+def _device_options(parser: argparse.ArgumentParser, required: bool) -> None:
+    group = parser.add_argument_group("benchmark on a device over SSH (results in OUT/device/HOST/: bench.json, "
+                                      "bench.md, bench.png)")
+    group.add_argument("--device", required=required, metavar="[USER@]HOST[:PORT]",
+                       help="copy OUT/bundle there with the system ssh (keys or an agent; never a password prompt), "
+                            "run runtime_bench there and fetch the report")
+    group.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="passed to ssh as -o KEY=VALUE, e.g. IdentityFile=~/.ssh/id_device or "
+                            "UserKnownHostsFile=FILE; repeatable")
+    group.add_argument("--remote-python", metavar="PYTHON",
+                       help="Python on the device that has numpy and onnxruntime (default python3)")
+    group.add_argument("--remote-dir", metavar="DIR",
+                       help="folder on the device; each bundle goes to DIR/<bundle hash> (default ~/edgeprune)")
+    group.add_argument("--rerun", action="store_true",
+                       help="measure again even when the device has a finished result for this bundle")
+
+
+def _device_from_args(args):
+    """The device (None: not given) and ssh options, checked before any work: a typo must not wait for a prune."""
+    from .remote import Device, check_ssh_options
+
+    if args.device is None:
+        given = [flag for flag, value in (("--ssh-option", args.ssh_option), ("--remote-python", args.remote_python),
+                                          ("--remote-dir", args.remote_dir), ("--rerun", args.rerun)) if value]
+        if given:
+            raise InputError(f"{', '.join(given)}: only used with --device")
+        return None
+    check_ssh_options(args.ssh_option)
+    return Device.parse(args.device)
+
+
+def _progress_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _bench_on_device(args, out: pathlib.Path, device, bench_args: list) -> None:
+    from .remote import BENCH_HASH_CHARS, DEFAULT_PYTHON, DEFAULT_REMOTE_DIR, bench_on_device
+
+    result = bench_on_device(out / "bundle", device, out / "device", ssh_options=args.ssh_option,
+                             python=args.remote_python or DEFAULT_PYTHON,
+                             remote_dir=args.remote_dir or DEFAULT_REMOTE_DIR, bench_args=bench_args,
+                             rerun=args.rerun, progress=None if args.quiet else _progress_line)
+    if result["measured"]:
+        how = f"sent {len(result['sent'])} files ({len(result['kept'])} were there), measured there"
+    else:
+        how = "fetched the finished result of this bundle (--rerun measures again)"
+    print(f"{device}: bundle {result['bundle_hash'][:BENCH_HASH_CHARS]} in {result['remote_dir']}: {how}")
+    _print_bench_summary(result["report"])
+    print(f"wrote {result['json']}, {result['markdown'].name}, {result['png'].name}")
+
+
+def cmd_remote_bench(args) -> int:
+    import shlex
+
+    from .remote import check_bench_args
+
+    device = _device_from_args(args)
+    try:
+        bench_args = check_bench_args(shlex.split(args.bench_args or ""))
+    except ValueError as exc:
+        raise InputError(f"--bench-args {args.bench_args!r}: {exc}") from None
+    _bench_on_device(args, pathlib.Path(args.out), device, bench_args)
     return 0
 
 
@@ -329,6 +408,7 @@ def cmd_deploy(args) -> int:
     config, extra = resolve_config(args, config_file)
     trt_settings = tensorrt_settings(extra.get("tensorrt"), str(config_file))
     out = _out_dir(args.out)
+    device = _device_from_args(args)
     progress = not args.quiet
     timings = {}
     started = time.perf_counter()
@@ -382,6 +462,10 @@ def cmd_deploy(args) -> int:
           f"removed, accuracy {s['accuracy_dense']:.3f} -> {s['accuracy_pruned']:.3f}, harmonic mean "
           f"{s['harmonic_mean_dense']:.3f} -> {s['harmonic_mean_pruned']:.3f}, ORT p50 {s['p50_ms_dense']:.2f} -> "
           f"{s['p50_ms_pruned']:.2f} ms ({s['speedup_p50']:.2f}x; MACs {s['macs_reduction']:.2f}x); see {out}/report.md")
+    if device is not None:
+        from .remote import bench_settings_args
+
+        _bench_on_device(args, out, device, bench_settings_args(dict(BENCH_DEFAULTS, **(extra.get("bench") or {}))))
     return 0
 
 
@@ -437,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int)
     p.add_argument("--mean", type=float, nargs=3)
     p.add_argument("--std", type=float, nargs=3)
+    p.add_argument("--png", help="also write a PNG: latency quantiles, block medians in timing order, accuracy")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("families", help="the CNN families covered, with the LRP rules and canonizers they use")
@@ -447,7 +532,17 @@ def build_parser() -> argparse.ArgumentParser:
     _prune_options(p)
     p.add_argument("--config", help=f"YAML config (default {DEFAULT_CONFIG})")
     p.add_argument("--out", default="artifacts/deploy")
+    _device_options(p, required=False)
     p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("remote-bench", help="benchmark OUT/bundle on a device over SSH and fetch the report "
+                                            "(what 'deploy --device' does last)")
+    p.add_argument("out", help="folder written by 'edgeprune deploy' (holds bundle/)")
+    _device_options(p, required=True)
+    p.add_argument("--bench-args", metavar="ARGS",
+                   help="options for 'python -m runtime_bench' on the device, in one string, e.g. "
+                        "--bench-args=\"--min-runs 200 --threads 4\" or --bench-args=--strict")
+    p.set_defaults(func=cmd_remote_bench)
     return parser
 
 

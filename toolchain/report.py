@@ -21,14 +21,15 @@ import datetime
 import pathlib
 
 from runtime_bench.atomic import atomic_output
+from runtime_bench.errors import InputError
 from runtime_bench.report import write_json_atomic, write_text_atomic
-
-from .artifact import read_manifest
 
 SCHEMA_VERSION = "1"
 
 
 def build_report(out: pathlib.Path, export: dict, bench: dict, config: dict) -> dict:
+    from .artifact import read_manifest  # imports torch: not needed to plot a bench report
+
     manifest = read_manifest(out)
     curve = manifest["curve"]
     first, last = curve[0], curve[-1]
@@ -138,12 +139,17 @@ def tensorrt_table(engines: dict) -> list:
     return lines
 
 
-def plot(report: dict, out: pathlib.Path) -> list:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot(report: dict, out: pathlib.Path) -> list:
+    plt = _pyplot()
     curve = report["curve"]
     rates = [100 * c["rate"] for c in curve]
     paths = []
@@ -188,6 +194,99 @@ def _save(fig, path: pathlib.Path) -> str:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path.name
+
+
+# The latency quantiles a runtime_bench report keeps, as (key, fraction of runs at or below it).
+BENCH_QUANTILES = (("min_ms", 0.0), ("p50_ms", 0.5), ("p90_ms", 0.9), ("p99_ms", 0.99), ("max_ms", 1.0))
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _bench_models(report: dict, source: str) -> dict:
+    """The report's models, each checked to have what the plot shows (InputError naming the gap)."""
+    models = report.get("models")
+    if not isinstance(models, dict) or not models:
+        raise InputError(f"{source}: no models to plot")
+    for label, entry in models.items():
+        latency = entry.get("latency") if isinstance(entry, dict) else None
+        accuracy = entry.get("accuracy") if isinstance(entry, dict) else None
+        for key, _ in BENCH_QUANTILES:
+            if not isinstance(latency, dict) or not _number(latency.get(key)):
+                raise InputError(f"{source}: model {label!r} has no latency {key}; not a complete runtime_bench report")
+        if not isinstance(accuracy, dict) or not _number(accuracy.get("accuracy")):
+            raise InputError(f"{source}: model {label!r} has no accuracy; not a complete runtime_bench report")
+    return models
+
+
+def plot_bench(report: dict, path: pathlib.Path, source: str = "report") -> str:
+    """A runtime_bench report as one PNG: latency quantiles, block medians in timing order, accuracy.
+
+    The report keeps summaries, not per-run latencies, so the first panel shows the quantiles it has
+    (min, p50, p90, p99, max) as points of the latency distribution, joined by dotted lines; between
+    them nothing is known. Checks the report before drawing, so an incomplete one writes nothing.
+    """
+    models = _bench_models(report, source)
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+    fig, (quantiles, drift, accuracy) = plt.subplots(1, 3, figsize=(14, 4.4))
+    has_blocks = False
+    for i, (label, entry) in enumerate(models.items()):
+        colour, latency = f"C{i}", entry["latency"]
+        quantiles.plot([latency[key] for key, _ in BENCH_QUANTILES], [q for _, q in BENCH_QUANTILES], ":o",
+                       color=colour, label=f"{label} ({latency.get('count')} runs)")
+        for key, q in BENCH_QUANTILES[1:4]:
+            quantiles.annotate(f"{key[:3]} {latency[key]:.3g}", (latency[key], q), textcoords="offset points",
+                               xytext=(5, -4 - 10 * i), fontsize=7, color=colour)
+        blocks = (latency.get("blocks") or {}).get("p50_ms") or []
+        if blocks:
+            has_blocks = True
+            drift.plot(range(1, len(blocks) + 1), blocks, "o-", color=colour, label=label)
+        scores = entry["accuracy"]
+        accuracy.bar(i - 0.2, scores["accuracy"], width=0.4, color=colour, label="accuracy" if i == 0 else None)
+        if _number(scores.get("harmonic_mean")):
+            accuracy.bar(i + 0.2, scores["harmonic_mean"], width=0.4, color=colour, alpha=0.45,
+                         label="harmonic mean of class accuracies" if i == 0 else None)
+        per_class = scores.get("per_class") or []
+        accuracy.plot([i - 0.2] * len(per_class), per_class, "_", color="0.2", markersize=14,
+                      label="per class" if i == 0 and per_class else None)
+    slowest = max(m["latency"]["max_ms"] for m in models.values())
+    fastest = min(m["latency"]["p50_ms"] for m in models.values())
+    if fastest > 0 and slowest > 10 * fastest:  # a few slow outliers would squash everything else
+        quantiles.set_xscale("log")
+    quantiles.set_xlabel("latency per call (ms)")
+    quantiles.set_ylabel("fraction of timed runs at or below")
+    quantiles.set_title("reported quantiles (no per-run samples kept)", fontsize=9)
+    quantiles.legend(loc="lower right", fontsize=8)
+    drift.set_xlabel("block of consecutive timed runs")
+    drift.set_ylabel("block median (ms)")
+    drift.set_title("drift: block medians in timing order", fontsize=9)
+    drift.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if has_blocks:
+        drift.legend(fontsize=8)
+    else:
+        drift.text(0.5, 0.5, "no block medians in this report", ha="center", transform=drift.transAxes)
+    accuracy.set_xticks(range(len(models)))
+    accuracy.set_xticklabels(list(models))
+    accuracy.set_ylim(0, 1)
+    accuracy.set_ylabel("accuracy on the evaluation images")
+    accuracy.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, fontsize=7, frameon=False)
+    for ax in (quantiles, drift, accuracy):
+        ax.grid(alpha=0.3)
+    fig.suptitle(_bench_title(report), fontsize=10)
+    return _save(fig, pathlib.Path(path))
+
+
+def _bench_title(report: dict) -> str:
+    env, settings = report.get("environment") or {}, report.get("settings") or {}
+    title = (f"{env.get('cpu_model') or 'unknown CPU'} ({env.get('logical_cores')} cores), "
+             f"{settings.get('backend')}, batch {settings.get('batch_size')}")
+    comparison = report.get("comparison")
+    if comparison:
+        title += (f"; {comparison['candidate']} vs {comparison['baseline']}: {comparison['speedup_p50']:.2f}x at p50 "
+                  f"(5-95% {comparison['low']:.2f}-{comparison['high']:.2f})")
+    return title
 
 
 def write_report(out: pathlib.Path, report: dict) -> None:
