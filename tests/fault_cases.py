@@ -441,8 +441,8 @@ CATALOGUE = [
     Fault("data_fewer_than_shots", DATA, "fewer images in a class than `--shots`", prune("--shots", "20"),
           "error: {data}/blue: 14 images, fewer than --shots 20 (use --allow-fewer to proceed)"),
     Fault("data_fewer_allowed", DATA, "the same with `--allow-fewer`", prune("--shots", "20", "--allow-fewer"),
-          None, 0, outcome="goes on with all 14 images of each class in the small set", keeps=ARTIFACT,
-          check=all_images_used),
+          "warning: 3 classes with fewer images than --shots 20 (first: {data}/blue: 14 images); all of their "
+          "images are in the small set", 0, outcome="the run goes on", keeps=ARTIFACT, check=all_images_used),
     Fault("data_fewer_nothing_to_test", DATA, "`--allow-fewer` takes all of a class, and no `--test-data`",
           prune("--allow-fewer", test=False),
           "error: {data}/red: all 3 images are in the small set (--shots 4), none is left to test on; "

@@ -178,9 +178,6 @@ def prepare(config: PruneConfig, progress: bool = True) -> Task:
     small_x, small_y, skipped_small = load_images(small, prep, progress, config.strict)
     test_x, test_y, skipped_test = load_images(test, prep, progress, config.strict)
     skipped = skipped_small + skipped_test
-    if skipped:  # said now, not an hour later in the manifest
-        print(f"warning: skipped {len(skipped)} unreadable image file{'s' * (len(skipped) > 1)} (first: "
-              f"{skipped[0]}); --strict stops on them instead", file=sys.stderr)
     small_x, small_y = torch.from_numpy(small_x), torch.from_numpy(small_y)
     test_x, test_y = torch.from_numpy(test_x), torch.from_numpy(test_y)
 
@@ -194,6 +191,17 @@ def prepare(config: PruneConfig, progress: bool = True) -> Task:
             )
     else:
         fit_head(model, small_x, small_y, len(classes), head_name)
+    # Said once the inputs are loaded and checked, not an hour later in the manifest.
+    short = [(cls, count) for cls, count in zip(classes, np.bincount([label for _, label in small],
+                                                                     minlength=len(classes)))
+             if count < config.shots]
+    if short:
+        print(f"warning: {len(short)} class{'es' * (len(short) > 1)} with fewer images than --shots {config.shots} "
+              f"(first: {config.data}/{short[0][0]}: {short[0][1]} images); all of their images are in the small set",
+              file=sys.stderr)
+    if skipped:
+        print(f"warning: skipped {len(skipped)} unreadable image file{'s' * (len(skipped) > 1)} (first: "
+              f"{skipped[0]}); --strict stops on them instead", file=sys.stderr)
     return Task(model, source, prep, classes, head_name, small_x, small_y, test_x, test_y, skipped)
 
 
