@@ -23,7 +23,7 @@ import pytest
 ANY = "{any}"
 TINY_CNN = f"{Path(__file__).with_name('models_for_tests.py')}:tiny_cnn"
 # How placeholders read in README (default: the name in capitals).
-SHOWN_AS = {"tiny": "MODEL.py:tiny_cnn", "factory": "MODEL.py", "weights": "WEIGHTS", "model": "MODEL.onnx"}
+SHOWN_AS = {"factory": "MODEL.py", "model": "MODEL.onnx"}
 ARTIFACT = ("head.safetensors", "pruned.json", "pruned.safetensors")  # what `edgeprune prune` writes
 
 
