@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 import torch
 
+from runtime_bench.atomic import disk_full, is_disk_full
 from runtime_bench.bundle import sha256_file
 from runtime_bench.errors import CheckFailed, InputError
 
@@ -57,9 +58,10 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
-def _temp_path(folder: Path, stem: str, suffix: str = ".tmp.onnx") -> Path:
-    """A fresh, unique, empty file in ``folder`` (same filesystem as the target, so os.replace is atomic)."""
-    fd, name = tempfile.mkstemp(dir=str(folder), prefix=f".{stem}.", suffix=suffix)
+def _temp_path(folder: Path, stem: str, suffix: str = ".onnx") -> Path:
+    """A fresh, unique, empty file in ``folder`` (same filesystem as the target, so os.replace is atomic),
+    named as runtime_bench.atomic.TEMP_NAME says so that a later run can remove it if this one is killed."""
+    fd, name = tempfile.mkstemp(dir=str(folder), prefix=f".{stem}.", suffix=f".tmp-{os.getpid()}{suffix}")
     os.close(fd)
     return Path(name)
 
@@ -207,13 +209,16 @@ def _export(
                     raise CheckFailed("exported batch dimension is fixed, expected dynamic")
                 os.replace(tmp, out)
             except Exception as exc:  # noqa: BLE001 - any exporter failure moves on to the next one
-                _remove_quietly(tmp)
+                if is_disk_full(exc):  # the next exporter would fail the same way
+                    raise disk_full(path) from None
                 errors.append((name, exc))
                 if exporter == "auto" and name == "dynamo":
-                    note = f"dynamo exporter failed ({_first_line(exc)}); fell back to torchscript"
-                    notes.append(note)
-                    log.warning("%s: %s", path, note)
+                    notes.append(f"dynamo exporter failed ({_first_line(exc)}); fell back to torchscript")
                 continue
+            finally:  # also on Ctrl-C
+                _remove_quietly(tmp)
+            for note in notes:  # only once the fallback worked: a failed export is one line, its error
+                log.warning("%s: %s", path, note)
             return {"exporter": name, "notes": notes, "seconds": time.perf_counter() - t0}
 
     detail = "; ".join(f"{name}: {_first_line(exc)}" for name, exc in errors)
@@ -246,8 +251,10 @@ def export_onnx(
         if simplify:
             simplify_onnx(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         _remove_quietly(tmp)
+        if is_disk_full(exc):
+            raise disk_full(path) from None
         raise
     return path
 
@@ -477,7 +484,7 @@ def export_verified(
             shutil.move(str(tmp), str(failed_path))
             record["failed_path"] = str(failed_path)
             json_path = evidence / f"{path.stem}.parity.json"
-            json_tmp = _temp_path(evidence, json_path.stem, suffix=".tmp.json")
+            json_tmp = _temp_path(evidence, json_path.stem, suffix=".json")
             try:
                 json_tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
                 os.replace(json_tmp, json_path)
@@ -490,6 +497,10 @@ def export_verified(
                 f"{tol:.3g} ({rel_tol:g} x logit range); evidence kept in {failed_path}"
             )
         os.replace(tmp, path)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(path) from None
+        raise
     finally:
         _remove_quietly(tmp)
     return record

@@ -74,3 +74,17 @@ def realistic_family(name: str, size: int, num_classes: int = 10, seed: int = 0)
         if head.bias is not None:
             head.bias.mul_(10.0 / scale)
     return model
+
+
+def tiny_cnn(num_classes: int = 3) -> torch.nn.Module:
+    """Three convs and a linear head: the cheapest model the command line can prune, export and bench
+    (`--model tests/models_for_tests.py:tiny_cnn`)."""
+    from torch import nn
+
+    torch.manual_seed(0)
+
+    def block(cin: int, cout: int) -> list:
+        return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+
+    return nn.Sequential(*block(3, 16), *block(16, 16), nn.MaxPool2d(2), *block(16, 32),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes)).eval()

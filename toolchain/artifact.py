@@ -11,7 +11,7 @@ import json
 import pathlib
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from runtime_bench.atomic import atomic_output
@@ -100,13 +100,22 @@ def save_pruned(out: pathlib.Path, model: nn.Module, head: nn.Module, manifest: 
     out.mkdir(parents=True, exist_ok=True)
     manifest = dict(manifest, format_version=FORMAT_VERSION, layers=layer_shapes(model))
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    with atomic_output(out / WEIGHTS) as tmp:
-        save_file(state, str(tmp))
-    with atomic_output(out / HEAD) as tmp:
-        save_file({"weight": head.weight.detach().contiguous(), "bias": head.bias.detach().contiguous()}, str(tmp))
+    head_state = {"weight": head.weight.detach().contiguous(), "bias": head.bias.detach().contiguous()}
+    # An old manifest must never vouch for new weights, should this run stop half-way.
+    (out / MANIFEST).unlink(missing_ok=True)
+    # Serialised here, written by Python: safetensors' own writer reports a full disk as its own error type.
     # The manifest goes last: its presence means the artifact is complete.
-    with atomic_output(out / MANIFEST) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2))
+    files = ((WEIGHTS, save(state)), (HEAD, save(head_state)), (MANIFEST, json.dumps(manifest, indent=2).encode()))
+    written = []
+    try:
+        for name, data in files:
+            with atomic_output(out / name) as tmp:
+                tmp.write_bytes(data)
+            written.append(out / name)
+    except BaseException:
+        for path in written:  # a weights file without its manifest is no artifact
+            path.unlink(missing_ok=True)
+        raise
 
 
 def read_manifest(out: pathlib.Path) -> dict:

@@ -17,7 +17,7 @@ import shutil
 import numpy as np
 
 import runtime_bench
-from runtime_bench.atomic import atomic_output
+from runtime_bench.atomic import atomic_output, disk_full, is_disk_full, temp_name
 from runtime_bench.bundle import write_bundle_manifest
 
 EVAL_IMAGES = 200  # enough for a per-class accuracy check on the device, small enough to copy
@@ -40,10 +40,24 @@ def make_bundle(out: pathlib.Path, images: np.ndarray, labels: np.ndarray, manif
         with open(tmp, "wb") as f:
             np.savez(f, images=images[picked], labels=labels[picked].astype(np.int64),
                      class_names=np.array(manifest["classes"]))
-    package = bundle / "runtime_bench"
-    shutil.rmtree(package, ignore_errors=True)
-    shutil.copytree(pathlib.Path(runtime_bench.__file__).parent, package,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    # Copied under a temporary name and renamed, so that a stopped run never leaves half a package.
+    package, building = bundle / "runtime_bench", bundle / temp_name("runtime_bench")
+    source = pathlib.Path(runtime_bench.__file__).parent
+    try:
+        # File by file rather than shutil.copytree, which turns a full disk into an error without its errno.
+        for file in sorted(source.rglob("*")):
+            if file.is_file() and "__pycache__" not in file.parts and file.suffix != ".pyc":
+                target = building / file.relative_to(source)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(file, target)
+        shutil.rmtree(package, ignore_errors=True)
+        building.rename(package)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(package) from None
+        raise
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
     write_bundle_manifest(
         bundle, {"dense": "dense.onnx", "pruned": "model.onnx"},
         {"shape": [None, *images.shape[1:]], "dtype": "float32", "preprocessing": manifest["preprocessing"],

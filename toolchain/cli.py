@@ -9,7 +9,7 @@
   edgeprune remote-bench OUT --device USER@HOST[:PORT]   OUT/bundle benchmarked on a device over SSH
 
 Exit codes: 0 done, 2 bad input or usage, 3 a check failed (parity gate) or the device connection did,
-130 interrupted.
+130 interrupted (Ctrl-C), 143 terminated (kill).
 Errors are one line on stderr, never a traceback.
 """
 
@@ -20,7 +20,9 @@ import dataclasses
 import json
 import os
 import pathlib
+import signal
 import sys
+import threading
 import time
 
 from runtime_bench.errors import EdgePruneError, InputError
@@ -112,9 +114,13 @@ def resolve_config(args: argparse.Namespace, config_file: pathlib.Path | None):
 
 
 def _out_dir(path: str) -> pathlib.Path:
+    from runtime_bench.atomic import remove_stale_temp_files
+
     out = pathlib.Path(path)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
+    for folder in (out, out / "bundle"):  # what a killed run left under temporary names
+        remove_stale_temp_files(folder)
     return out
 
 
@@ -200,7 +206,7 @@ def export_models(out: pathlib.Path, exporter: str = "auto", progress: bool = Tr
 
 
 def cmd_export(args) -> int:
-    out = pathlib.Path(args.out)
+    out = _out_dir(args.out)
     settings = None
     if args.tensorrt:
         from exporters.tensorrt import detect
@@ -546,16 +552,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that temporary files are removed on the way out as on Ctrl-C."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
     except EdgePruneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted; finished outputs are complete, nothing half-written was kept", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        stopped, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        print(f"error: {stopped}; finished outputs are complete, nothing half-written was kept", file=sys.stderr)
+        return code
     except Exception as exc:  # a bug of ours: still one line, the traceback on request
         if os.environ.get("EDGEPRUNE_DEBUG"):
             raise
@@ -563,6 +580,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: internal error {type(exc).__name__}: {first} (set EDGEPRUNE_DEBUG=1 for the traceback)",
               file=sys.stderr)
         return 1
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,17 @@ class SelectOutput(nn.Module):
         self.key = key
 
     def forward(self, x):
-        return self.model(x)[self.key]
+        out = self.model(x)
+        try:
+            return out[self.key]
+        except (IndexError, KeyError, TypeError):
+            if isinstance(out, dict):
+                has = f"dict with keys {', '.join(map(str, out))}"
+            elif isinstance(out, (tuple, list)):
+                has = f"{type(out).__name__} of {len(out)}"
+            else:
+                has = type(out).__name__
+            raise InputError(f"--output {self.key}: the model returns a {has}; no such entry") from None
 
 
 def is_weights_file(weights: str | None) -> bool:
@@ -51,10 +61,21 @@ def is_weights_file(weights: str | None) -> bool:
     )
 
 
+def check_torchvision_name(name: str) -> None:
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see torchvision.models.list_models()"
+        raise InputError(f"--model {name}: not a torchvision classification model{hint}")
+
+
 def torchvision_weights(name: str, weights: str | None):
     """The weights enum member for a torchvision model (None for random init)."""
     import torchvision
 
+    check_torchvision_name(name)
     if weights is None:
         weights = "DEFAULT"  # a torchvision name alone means its pretrained weights: the point of the tool
     if weights.lower() == "none":
@@ -82,11 +103,7 @@ def build_model(source: ModelSource) -> nn.Module:
 def _from_torchvision(source: ModelSource) -> nn.Module:
     import torchvision
 
-    names = torchvision.models.list_models(module=torchvision.models)
-    if source.model not in names:
-        close = difflib.get_close_matches(source.model, names, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see torchvision.models.list_models()"
-        raise InputError(f"--model {source.model}: not a torchvision classification model{hint}")
+    check_torchvision_name(source.model)
     if is_weights_file(source.weights):
         model = torchvision.models.get_model(source.model, weights=None)
         load_weights_file(model, source.weights, source)
@@ -233,14 +250,21 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def check_logits(model: nn.Module, example: torch.Tensor) -> int:
-    """Run one batch; the output must be a (batch, classes) tensor. Returns the class count."""
-    with torch.no_grad():
-        out = model(example)
+def check_logits(model: nn.Module, example: torch.Tensor, name: str) -> int:
+    """Run one batch; the output must be a (batch, classes) tensor. Returns the class count.
+
+    `name` is the model as the user gave it (--model), named in the errors."""
+    try:
+        with torch.no_grad():
+            out = model(example)
+    except InputError:
+        raise
+    except Exception as exc:  # the user's forward on our input: their error to read, in one line
+        raise InputError(f"--model {name}: a batch of shape {tuple(example.shape)} makes it raise "
+                         f"{type(exc).__name__}: {_first_line(exc)} (check --image-size)") from None
     if not isinstance(out, torch.Tensor):
-        raise InputError(
-            f"the model returns {type(out).__name__}, not a tensor of class logits; pick one with --output INDEX|KEY"
-        )
+        raise InputError(f"--model {name}: returns {type(out).__name__}, not a tensor of class logits; "
+                         "pick one with --output INDEX|KEY")
     if out.ndim != 2 or out.shape[0] != example.shape[0]:
-        raise InputError(f"the model output has shape {tuple(out.shape)}, not (batch, classes) class logits")
+        raise InputError(f"--model {name}: output has shape {tuple(out.shape)}, not (batch, classes) class logits")
     return int(out.shape[1])

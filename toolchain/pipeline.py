@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import pathlib
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -163,8 +164,12 @@ def prepare(config: PruneConfig, progress: bool = True) -> Task:
     else:
         test = rest
     test = _balanced_cap(test, config.test_size, config.seed)
-    if not test:
-        raise InputError(f"{config.data}: no images left for the test set; give --test-data")
+    tested = {label for _, label in test}
+    for label, cls in enumerate(small_index.classes):
+        if label not in tested:  # only without --test-data: --allow-fewer put all of a class in the small set
+            count = sum(1 for _, other in small if other == label)
+            raise InputError(f"{config.data}/{cls}: all {count} images are in the small set (--shots "
+                             f"{config.shots}), none is left to test on; give --test-data")
 
     prep = resolve_preprocessing(config)
     source = ModelSource(model=config.model, weights=config.weights, output=config.output)
@@ -173,10 +178,11 @@ def prepare(config: PruneConfig, progress: bool = True) -> Task:
 
     small_x, small_y, skipped_small = load_images(small, prep, progress, config.strict)
     test_x, test_y, skipped_test = load_images(test, prep, progress, config.strict)
+    skipped = skipped_small + skipped_test
     small_x, small_y = torch.from_numpy(small_x), torch.from_numpy(small_y)
     test_x, test_y = torch.from_numpy(test_x), torch.from_numpy(test_y)
 
-    outputs = check_logits(model, small_x[:2])
+    outputs = check_logits(model, small_x[:2], config.model)
     head_name, _ = find_head(model, small_x[:2])
     if config.head == "keep":
         if outputs != len(classes):
@@ -186,8 +192,18 @@ def prepare(config: PruneConfig, progress: bool = True) -> Task:
             )
     else:
         fit_head(model, small_x, small_y, len(classes), head_name)
-    return Task(model, source, prep, classes, head_name, small_x, small_y, test_x, test_y,
-                skipped_small + skipped_test)
+    # Said once the inputs are loaded and checked, not an hour later in the manifest.
+    short = [(cls, count) for cls, count in zip(classes, np.bincount([label for _, label in small],
+                                                                     minlength=len(classes)))
+             if count < config.shots]
+    if short:
+        print(f"warning: {len(short)} class{'es' * (len(short) > 1)} with fewer images than --shots {config.shots} "
+              f"(first: {config.data}/{short[0][0]}: {short[0][1]} images); all of their images are in the small set",
+              file=sys.stderr)
+    if skipped:
+        print(f"warning: skipped {len(skipped)} unreadable image file{'s' * (len(skipped) > 1)} (first: "
+              f"{skipped[0]}); --strict stops on them instead", file=sys.stderr)
+    return Task(model, source, prep, classes, head_name, small_x, small_y, test_x, test_y, skipped)
 
 
 @torch.no_grad()
@@ -383,6 +399,7 @@ def prune(task: Task, config: PruneConfig, progress: bool = True) -> PruneResult
     graph = PruningGraph(model, example, protected=[head])
     generator = torch.Generator().manual_seed(config.seed)
     target = int(round(config.rate * graph.original_filters))
+    check_reachable(graph, target, config)
     step_filters = max(1, int(round(config.step * graph.original_filters)))
     steps = math.ceil(target / step_filters)
     curve = [curve_point(model, graph, task, example, config.ablations)]
@@ -394,10 +411,10 @@ def prune(task: Task, config: PruneConfig, progress: bool = True) -> PruneResult
         passes += config.method == "lrp"
         goal = min(removed + step_filters, target) - removed
         selection = select_channels(graph.groups(), scores, goal, config.round_to)
-        if not selection:
+        if not selection:  # check_reachable said this cannot happen; never loop forever if it is wrong
             raise InputError(
                 f"--rate {config.rate}: cannot be reached: after {graph.pruned_fraction:.1%} every layer is at its "
-                f"minimum of {config.round_to} channels (lower --round-to or --rate)"
+                f"minimum of {config.round_to} channels; lower --rate or --round-to"
             )
         for root, channels in selection.items():
             graph.prune(root, channels)
@@ -407,6 +424,19 @@ def prune(task: Task, config: PruneConfig, progress: bool = True) -> PruneResult
         bar.set_postfix(rate=f"{graph.pruned_fraction:.3f}", acc=f"{curve[-1]['accuracy']:.3f}", refresh=False)
     bar.close()
     return PruneResult(model, graph, curve, time.perf_counter() - started, passes)
+
+
+def check_reachable(graph: PruningGraph, target: int, config: PruneConfig) -> None:
+    """Before any scoring: can `target` filters go at all, with every group keeping its `round_to` channels?"""
+    groups = graph.groups()
+    zeros = {member: torch.zeros(group.size) for group in groups for member in group.members}
+    removable = sum(chunk.filters for chunk in rank_chunks(groups, zeros, config.round_to))
+    if target > removable:
+        raise InputError(
+            f"--rate {config.rate}: cannot be reached: at most {removable / graph.original_filters:.1%} of the conv "
+            f"filters can be removed with --round-to {config.round_to} (each layer keeps at least "
+            f"{config.round_to} channels); lower --rate or --round-to"
+        )
 
 
 AUC_SNAP = 0.01  # a step lands slightly above its grid rate (whole chunks are removed); it stands for it
@@ -455,6 +485,7 @@ def manifest_for(task: Task, config: PruneConfig, result: PruneResult) -> dict:
         "cost": {"seconds": round(result.seconds, 2), "relevance_passes": result.relevance_passes},
         "controller": result.controller,
         "skipped_images": task.skipped,
+        "images": {"small": len(task.small_y), "test": len(task.test_y)},
     }
 
 
