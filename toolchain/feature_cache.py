@@ -36,25 +36,31 @@ class HeadInputCache:
         self.values: dict[fx.Node, torch.Tensor] = {}
         self.refresh()
 
-    def refresh(self) -> None:
-        """Recompute every activation: after a commit changed the model for good."""
-        self.values = {}
+    def refresh(self, changed: set[nn.Module] | None = None) -> None:
+        """Store the activations of the model as it is now: after a commit changed `changed` for good
+        (None: recompute everything)."""
         if self.nodes is not None:
-            self.values = self._run(set(self.nodes), {})
+            dirty = set(self.nodes) if changed is None else self._downstream(changed)
+            self.values = self._run(dirty, self.values)
 
     def __call__(self, changed: set[nn.Module] = frozenset()) -> torch.Tensor:
         """The head's inputs with the model's modules as they are now, where only `changed` (modules whose
         weights a mask altered since the last refresh) differ from the cached state."""
         if self.nodes is None:
             return head_features(self.model, self.images, self.head_name)
-        dirty = set()
-        for node in self.nodes:
-            if (node.op == "call_module" and self.modules[node.target] in changed) or any(
-                    isinstance(a, fx.Node) and a in dirty for a in node.all_input_nodes):
-                dirty.add(node)
+        dirty = self._downstream(changed)
         if self.head_input not in dirty:
             return self.values[self.head_input]
         return self._run(dirty, self.values)[self.head_input]
+
+    def _downstream(self, changed: set[nn.Module]) -> set:
+        """The nodes that call a module of `changed`, and every node that reads one of those, transitively."""
+        dirty = set()
+        for node in self.nodes:
+            if (node.op == "call_module" and self.modules[node.target] in changed) or any(
+                    a in dirty for a in node.all_input_nodes):
+                dirty.add(node)
+        return dirty
 
     @torch.no_grad()
     def _run(self, nodes: set, cached: dict) -> dict:

@@ -347,7 +347,8 @@ class TorchPrunable:
         self.signal.drop_inputs(self.head_inputs(selection))
         for root, channels in selection.items():
             self.graph.prune(root, channels)
-        self.signal.refresh()
+        self.signal.refresh(self.graph.pruned_modules)
+        self.graph.pruned_modules = set()
         self.record()
 
     def pruned_fraction(self) -> float:

@@ -62,9 +62,9 @@ class ControlSignal:
             keep[positions] = False
             self.kept = self.kept[keep]
 
-    def refresh(self) -> None:
-        """After a commit changed the model for good."""
-        self.head_inputs.refresh()
+    def refresh(self, changed: set[nn.Module] | None = None) -> None:
+        """After a commit changed the modules `changed` for good (None: any of them)."""
+        self.head_inputs.refresh(changed)
 
     def __call__(self, masked_inputs: list[int] = (), changed: set[nn.Module] = frozenset()) -> float:
         """A of the model; `changed` are the modules a mask currently alters and `masked_inputs` the

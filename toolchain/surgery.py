@@ -204,6 +204,7 @@ class PruningGraph:
         self.original_out: dict[str, int] = {n: out_channels(m) for n, m in self.layers.items()}
         self.kept: dict[str, list[int]] = {n: list(range(c)) for n, c in self.original_out.items()}
         self.masked_modules: set[nn.Module] = set()  # filled while mask() is active
+        self.pruned_modules: set[nn.Module] = set()  # every module prune() changed; a cache user empties it
         self.original_filters = self.filters
         self._rebuild()
 
@@ -306,6 +307,7 @@ class PruningGraph:
             raise InputError(f"{root}: channels must leave in stripes (one per conv group of its grouped convs, "
                              f"{stripes} groups of {width})")
         before = self.filters
+        self.pruned_modules |= {dep.target.module for dep, _ in group if isinstance(dep.target.module, nn.Module)}
         for name, idxs in self._out_members(group).items():
             drop = set(idxs)
             self.kept[name] = [orig for i, orig in enumerate(self.kept[name]) if i not in drop]
