@@ -193,6 +193,8 @@ def main(argv=None) -> int:
     parser.add_argument("--class-weighted", action="store_true", help="dpx: class-weighted starting relevance")
     parser.add_argument("--no-ablations", dest="ablations", action="store_false",
                         help="skip re-fitting the head / recalibrating BatchNorm at every point (reported apart)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs of an earlier study with the same settings and do only the missing ones")
     parser.add_argument("--data", default=str(ROOT / "artifacts" / "data" / "fashion-mnist"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--readme", default=str(ROOT / "README.md"))
@@ -207,14 +209,22 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     name = "auc_study_quick" if args.quick else "auc_study"
     seeds = [int(s) for s in args.seeds.split(",")]
-    study = {"settings": {"argv": list(sys.argv[1:] if argv is None else argv), "quick": args.quick, "quick_image_size": quick_size, "shots": 3 if args.quick else 10,
+    study = {"settings": {"argv": [a for a in (sys.argv[1:] if argv is None else argv) if a != "--resume"], "quick": args.quick, "quick_image_size": quick_size, "shots": 3 if args.quick else 10,
                           "test_size": args.test_size, "p_max": args.p_max, "step": args.step,
                           "round_to": args.round_to, "signal": args.signal, "delta": args.delta,
                           "tau": args.tau, "rescore": args.rescore, "m": args.m,
                           "class_weighted": args.class_weighted, "seeds": seeds,
                           "methods": args.methods.split(","), "ablations": args.ablations},
              "runs": [], "summary": {}, "seconds": 0.0}
-    started = time.perf_counter()
+    earlier = out / f"{name}.json"
+    if args.resume and earlier.is_file():
+        previous = json.loads(earlier.read_text())
+        same = {k: v for k, v in previous["settings"].items() if k != "argv"} == \
+            {k: v for k, v in study["settings"].items() if k != "argv"}
+        if same:
+            study["runs"], study["seconds"] = previous["runs"], previous["seconds"]
+    done = {(r["model"], r["seed"], r["method"]) for r in study["runs"]}
+    started = time.perf_counter() - study["seconds"]
     for model in args.models.split(","):
         spec = dict(MODELS[model])
         if args.quick:
@@ -226,8 +236,9 @@ def main(argv=None) -> int:
                                delta=args.delta, tau=args.tau, rescore=args.rescore, m=args.m,
                                class_weighted=args.class_weighted,
                                **spec)
-            task = prepare(base, progress=False)
-            for method in study["settings"]["methods"]:
+            todo = [m for m in study["settings"]["methods"] if (model, seed, m) not in done]
+            task = prepare(base, progress=False) if todo else None
+            for method in todo:
                 run = dict(run_one(task, base, method), model=model, seed=seed)
                 study["runs"].append(run)
                 study["summary"] = summarize(study["runs"])

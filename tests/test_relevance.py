@@ -147,3 +147,22 @@ def test_graph_lrp_leaves_models_it_does_not_cover_to_zennit():
     assert GraphLrp.build(model, filter_layers(model)) is None
     model = family("resnet18")
     assert GraphLrp.build(model, filter_layers(model), head_rule="zplus") is None
+
+
+def test_taylor_scores_a_model_whose_convs_feed_in_place_relus():
+    import copy
+
+    from toolchain.relevance import taylor_filter_scores
+
+    model = family("vgg11")  # conv -> ReLU(inplace=True): the first conv's output must not be a graph leaf
+    torch.manual_seed(3)
+    x, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    scores = taylor_filter_scores(model, x, labels)
+    out_of_place = copy.deepcopy(model)
+    for m in out_of_place.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    expected = taylor_filter_scores(out_of_place, x, labels)
+    for name, score in expected.items():
+        assert float(score.sum()) > 0, name
+        torch.testing.assert_close(scores[name], score, rtol=1e-5, atol=1e-9)

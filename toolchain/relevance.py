@@ -652,9 +652,7 @@ def taylor_filter_scores(model: nn.Module, images: torch.Tensor, labels: torch.T
 
     def capture(name):
         def hook(module, inputs, output):
-            output = output if output.requires_grad else output.detach().requires_grad_(True)
             captured[name] = output
-            return output
 
         return hook
 
@@ -663,7 +661,10 @@ def taylor_filter_scores(model: nn.Module, images: torch.Tensor, labels: torch.T
         for start in range(0, len(images), batch_size):
             stop = start + batch_size
             with torch.enable_grad():
-                loss = F.cross_entropy(model(images[start:stop]), labels[start:stop], reduction="sum")
+                # The input carries the graph (not the first layer's output made a leaf): an in-place ReLU
+                # right after a conv (VGG) may not modify a leaf. Such a ReLU leaves the product unchanged.
+                x = images[start:stop].detach().requires_grad_(True)
+                loss = F.cross_entropy(model(x), labels[start:stop], reduction="sum")
                 names = list(captured)
                 grads = torch.autograd.grad(loss, [captured[n] for n in names])
             for name, grad in zip(names, grads):
