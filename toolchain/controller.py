@@ -163,6 +163,7 @@ class _Controller:
         # Integer target: comparing filter counts avoids float drift in pruned_fraction.
         self.target_removed = math.ceil(config.p_max * self.original - _RATE_TOLERANCE)
         self.ranking: list[Unit] = []  # current ranking; refreshed after every commit and rescore
+        self.removed_at_rescore = 0  # filters removed when relevance was last computed
 
     # Every call to the model goes through these so that the counts in the log are right.
     def measure(self) -> float:

@@ -1,0 +1,98 @@
+"""The controller's variants, one seed each, against plain LRP on the same task: what each achieves.
+
+    python benchmarks/auc_variants.py [--seed 0] [--mobilenet-size 64]
+
+METHOD.md's controller as specified (A = harmonic mean of small-set accuracy, delta 0) is compared with the
+variants it names: cross-fitted A, a floor tau relative to the dense model, class-weighted relevance, a wider
+change of order (m). Same grid, data and head per model as benchmarks/auc_study.py (MobileNetV2 at a
+smaller input here, so that all variants fit in about 30 minutes on 2 cores). Writes
+benchmarks/results/auc_variants.json and the README block auc-variants.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "scripts")]
+
+from auc_study import MODELS, run_one  # noqa: E402
+from readme_blocks import replace_block  # noqa: E402
+
+from runtime_bench.report import write_json_atomic  # noqa: E402
+from toolchain.assets import prepare_default_assets  # noqa: E402
+from toolchain.pipeline import PruneConfig, prepare  # noqa: E402
+
+VARIANTS = {  # name -> PruneConfig fields of the dpx run
+    "as specified: small-set accuracy, delta 0": {"signal": "small-accuracy"},
+    "cross-fitted accuracy, delta 0": {"signal": "crossfit-accuracy"},
+    "cross-fitted probability, delta 0": {"signal": "crossfit-probability"},
+    "cross-fitted probability, tau 0.9 (study)": {"signal": "crossfit-probability", "tau": 0.9},
+    "... + class-weighted relevance": {"signal": "crossfit-probability", "tau": 0.9, "class_weighted": True},
+    "... + m 32": {"signal": "crossfit-probability", "tau": 0.9, "m": 32},
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mobilenet-size", type=int, default=64)
+    parser.add_argument("--models", default="vgg16_hed,mobilenet_v2")
+    parser.add_argument("--test-size", type=int, default=300)
+    parser.add_argument("--data", default=str(ROOT / "artifacts" / "data" / "fashion-mnist"))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "auc_variants.json"))
+    parser.add_argument("--readme", default=str(ROOT / "README.md"))
+    args = parser.parse_args(argv)
+    data = pathlib.Path(args.data)
+    prepare_default_assets(data)
+    started = time.perf_counter()
+    results = {"settings": {"argv": list(sys.argv[1:] if argv is None else argv), "seed": args.seed,
+                            "test_size": args.test_size, "p_max": 0.9, "step": 0.05, "rescore": "step"},
+               "models": {}}
+    for model in args.models.split(","):
+        spec = dict(MODELS[model])
+        if model == "mobilenet_v2":
+            spec["image_size"] = args.mobilenet_size
+        base = PruneConfig(data=str(data / "train"), test_data=str(data / "test"), test_size=args.test_size,
+                           rate=0.9, step=0.05, seed=args.seed, rescore="step", **spec)
+        task = prepare(base, progress=False)
+        lrp = run_one(task, base, "lrp")
+        rows = {"plain LRP (Yeom)": lrp}
+        for name, fields in VARIANTS.items():
+            config = PruneConfig(**dict(base.to_dict(), **fields))
+            rows[name] = run_one(task, config, "dpx")
+            print(f"{model}: {name}: AUC {rows[name]['auc']:.3f} (LRP {lrp['auc']:.3f}), "
+                  f"{rows[name]['cost']['seconds']:.0f} s", flush=True)
+        results["models"][model] = {"image_size": spec["image_size"], "runs": {
+            name: {"auc": r["auc"], "harmonic_mean_auc": r["harmonic_mean_auc"], "ratio_to_lrp": r["auc"] / lrp["auc"],
+                   "cost": r["cost"], "accuracy": [p["accuracy"] for p in r["curve"]]} for name, r in rows.items()}}
+        results["seconds"] = time.perf_counter() - started
+        write_json_atomic(results, args.out)
+    table = markdown(results)
+    print(table)
+    replace_block(args.readme, "auc-variants", table)
+    return 0
+
+
+def markdown(results: dict) -> str:
+    s = results["settings"]
+    lines = [f"Command: `{' '.join(['python benchmarks/auc_variants.py', *s['argv']])}`; seed {s['seed']}, "
+             f"{s['test_size']} test images, p_max {s['p_max']}, rescore {s['rescore']}; "
+             f"{results['seconds']:.0f} s in all.", "",
+             "| model (input) | dpx variant | class-averaged AUC | / LRP | harmonic-mean AUC | s | relevance passes | "
+             "accuracy checks | order changes |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for model, m in results["models"].items():
+        for name, r in m["runs"].items():
+            c = r["cost"]
+            lines.append(f"| {model} ({m['image_size']} px) | {name} | {r['auc']:.3f} | {r['ratio_to_lrp']:.3f} | "
+                         f"{r['harmonic_mean_auc']:.3f} | {c['seconds']:.0f} | {c['relevance_passes']} | "
+                         f"{c['accuracy_checks']} | {c['events'].get('order_change', 0)} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
