@@ -66,11 +66,13 @@ def main(argv=None) -> int:
             rows[name] = run_one(task, config, "dpx")
             print(f"{model}: {name}: AUC {rows[name]['auc']:.3f} (LRP {lrp['auc']:.3f}), "
                   f"{rows[name]['cost']['seconds']:.0f} s", flush=True)
-        results["models"][model] = {"image_size": spec["image_size"], "runs": {
-            name: {"auc": r["auc"], "harmonic_mean_auc": r["harmonic_mean_auc"], "ratio_to_lrp": r["auc"] / lrp["auc"],
-                   "cost": r["cost"], "accuracy": [p["accuracy"] for p in r["curve"]]} for name, r in rows.items()}}
-        results["seconds"] = time.perf_counter() - started
-        write_json_atomic(results, args.out)
+            # Saved after every variant, so that an interrupted run keeps what it measured.
+            results["models"][model] = {"image_size": spec["image_size"], "runs": {
+                name: {"auc": r["auc"], "harmonic_mean_auc": r["harmonic_mean_auc"],
+                       "ratio_to_lrp": r["auc"] / lrp["auc"], "cost": r["cost"],
+                       "accuracy": [p["accuracy"] for p in r["curve"]]} for name, r in rows.items()}}
+            results["seconds"] = time.perf_counter() - started
+            write_json_atomic(results, args.out)
     table = markdown(results)
     print(table)
     replace_block(args.readme, "auc-variants", table)
