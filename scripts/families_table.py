@@ -16,7 +16,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
-from readme_blocks import replace_block  # noqa: E402
+from readme_blocks import update_readme  # noqa: E402
 
 from toolchain.families import families_table  # noqa: E402
 
@@ -31,12 +31,7 @@ def main(argv) -> int:
         mark = {"passed": "yes", "failed": "FAILED"}.get(result["outcome"], result["outcome"])
         lines.append(f"| {row['name']} | {mark} | {mark} | {mark} | {result['seconds']} | "
                      f"{row.get('notes', '')} |")
-    try:
-        replace_block(readme, "families", "\n".join(lines))
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return update_readme(readme, "families", "\n".join(lines))
 
 
 if __name__ == "__main__":

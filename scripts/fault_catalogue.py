@@ -14,16 +14,11 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "tests")]
 
 from fault_cases import catalogue_markdown  # noqa: E402
-from readme_blocks import replace_block  # noqa: E402
+from readme_blocks import update_readme  # noqa: E402
 
 
 def main(argv) -> int:
-    try:
-        replace_block(argv[1] if len(argv) > 1 else ROOT / "README.md", "faults", catalogue_markdown())
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return update_readme(argv[1] if len(argv) > 1 else ROOT / "README.md", "faults", catalogue_markdown())
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import json
 import pathlib
 import sys
 
-from readme_blocks import replace_block
+from readme_blocks import update_readme
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NOT_MEASURED = ("Not measured yet: no GPU was lent to the session that wrote the TensorRT code (issue 5). On a machine "
@@ -63,12 +63,7 @@ def main(argv: list) -> int:
     args = parser.parse_args(argv)
     paths = [pathlib.Path(p) for p in args.results] or sorted((ROOT / "benchmarks" / "results").glob("gpu_*.json"))
     text = "\n\n".join(table(json.loads(p.read_text())) for p in paths) if paths else NOT_MEASURED
-    try:
-        replace_block(args.readme, "gpu", text)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return update_readme(args.readme, "gpu", text)
 
 
 if __name__ == "__main__":

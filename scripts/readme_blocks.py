@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pathlib
 import re
+import sys
 
 
 def replace_block(readme: str | pathlib.Path, name: str, text: str) -> None:
@@ -17,3 +18,13 @@ def replace_block(readme: str | pathlib.Path, name: str, text: str) -> None:
     if count != 1:
         raise ValueError(f"{readme}: needs exactly one {begin} ... {end} block")
     readme.write_text(new)
+
+
+def update_readme(readme: str | pathlib.Path, name: str, text: str) -> int:
+    """`replace_block` for a script's main: its exit status, and a one-line error when the block is wrong."""
+    try:
+        replace_block(readme, name, text)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -10,7 +10,7 @@ import json
 import pathlib
 import sys
 
-from readme_blocks import replace_block
+from readme_blocks import update_readme
 
 
 def table(report: dict) -> str:
@@ -60,13 +60,8 @@ def main(argv) -> int:
     if cascade:
         argv = argv[1:]
     data = json.loads(pathlib.Path(argv[1]).read_text())
-    try:
-        replace_block(argv[2] if len(argv) > 2 else "README.md", "cascade" if cascade else "results",
-                      curve_table(data) if cascade else table(data))
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return update_readme(argv[2] if len(argv) > 2 else "README.md", "cascade" if cascade else "results",
+                         curve_table(data) if cascade else table(data))
 
 
 if __name__ == "__main__":
