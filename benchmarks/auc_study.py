@@ -31,7 +31,9 @@ from toolchain.pipeline import PruneConfig, curve_auc, prepare, prune  # noqa: E
 
 HED = str(ROOT / "benchmarks" / "hed_vgg16.py") + ":build"
 MODELS = {
-    "mobilenet_v2": {"model": "mobilenet_v2", "weights": "IMAGENET1K_V1", "image_size": 96},
+    # 64 px: the controller's m = 64 candidates per change of order cost a partial forward each, and at 96 px
+    # the three MobileNetV2 sweeps alone would take most of the hour.
+    "mobilenet_v2": {"model": "mobilenet_v2", "weights": "IMAGENET1K_V1", "image_size": 64},
     # Fashion-MNIST images are 28 px: 32 px loses nothing, and VGG16 costs 17x MobileNetV2's MACs per pixel.
     "vgg16_hed": {"model": HED, "weights": None, "image_size": 32, "mean": [122.7 / 255, 116.7 / 255, 104.0 / 255],
                   "std": [1 / 255] * 3},
@@ -189,7 +191,9 @@ def main(argv=None) -> int:
     parser.add_argument("--delta", type=float, default=0.0)
     parser.add_argument("--tau", type=float, default=0.9)
     parser.add_argument("--rescore", default="step", help="accepted, step or never (see ControllerConfig)")
-    parser.add_argument("--m", type=int, default=8, help="units tried by a change of pruning order")
+    parser.add_argument("--m", type=int, default=64,
+                        help="units tried by a change of pruning order (METHOD.md's default is 8; the variants "
+                             "table, benchmarks/auc_variants.py, shows what the width of this search buys)")
     parser.add_argument("--class-weighted", action="store_true", help="dpx: class-weighted starting relevance")
     parser.add_argument("--no-ablations", dest="ablations", action="store_false",
                         help="skip re-fitting the head / recalibrating BatchNorm at every point (reported apart)")

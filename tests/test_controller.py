@@ -170,20 +170,32 @@ def test_config_defaults_follow_method():
 
 
 def test_rate_halves_on_failure_then_grows_back():
-    # The first full step (units 0-3) hurts; units 0-1 alone do not, nor does anything afterwards.
-    table = {frozenset({0, 1, 2, 3}): 0.5}
-    model = ScriptedModel(one_filter_units(20), lambda removed: table.get(removed, 1.0))
+    # The first step hurts if it removes more than 2 units; once anything is committed, nothing hurts.
+    model = ScriptedModel(one_filter_units(20), lambda removed: 0.5 if not model.committed and len(removed) > 2 else 1.0)
     log = run_controller(model, ControllerConfig(s_max=0.2, p_max=0.5))
     kinds = [event["kind"] for event in log.events]
-    assert kinds[:3] == ["reject_halve", "accept", "accept"]
-    first, second, third = log.events[:3]
+    assert kinds[:4] == ["reject_halve", "accept", "accept", "accept"]
+    first, second, third, fourth = log.events[:4]
     assert first["step_filters"] == 4 and first["units"] == [0, 1, 2, 3]
     assert first["a_after"] == 0.5 and first["next_step_filters"] == 2
     assert first["rate_after"] == first["rate_before"] == 0.0
     assert second["step_filters"] == 2 and second["units"] == [0, 1]
     assert second["rate_after"] == pytest.approx(0.1)
-    assert third["step_filters"] == 4 and third["units"] == [2, 3, 4, 5]
-    assert model.committed[:2] == [[0, 1], [2, 3, 4, 5]]
+    # The step grows back to 4 but first completes the grid step it is in (0.2), then takes whole steps.
+    assert third["step_filters"] == 2 and third["units"] == [2, 3]
+    assert fourth["step_filters"] == 4 and fourth["units"] == [4, 5, 6, 7]
+    assert model.committed[:3] == [[0, 1], [2, 3], [4, 5, 6, 7]]
+
+
+def test_steps_end_on_the_grid_and_overshoots_do_not_add_up():
+    # Units of 5 filters, steps of 12: each step ends less than one unit past its multiple of 12.
+    units = [Unit(key=i, filters=5, score=float(i)) for i in range(24)]
+    model = ScriptedModel(units, always(1.0))
+    log = run_controller(model, ControllerConfig(s_max=0.1, p_max=0.5))
+    ends = [round(event["rate_after"] * 120) for event in log.events]
+    assert [event["kind"] for event in log.events] == ["accept"] * 5
+    assert ends == [15, 25, 40, 50, 60]
+    assert all(k * 12 <= end < k * 12 + 5 for k, end in enumerate(ends, start=1))
 
 
 def test_halving_skips_steps_that_would_pick_the_same_units():

@@ -70,6 +70,8 @@ def test_head_input_cache_recomputes_only_what_a_mask_changed_and_agrees_with_a_
     head_name = "fc" if name == "resnet18" else "classifier.1"
     images = torch.randn(6, 3, 32, 32)
     cache = HeadInputCache(model, images, head_name)
+    # The cache runs the layout it chose (MobileNetV2: channels-last); a full forward in it computes the same sums.
+    images = cache.images
     assert cache.nodes is not None, "torchvision models trace: the cache must be in use"
     graph = PruningGraph(model, images[:1], protected=[linear_head(model, head_name)])
     group = graph.groups()[len(graph.groups()) // 2]
@@ -96,3 +98,40 @@ def test_auc_study_quick_writes_json_and_table(tmp_path, capsys):
     assert "ratio_to_lrp" in study["summary"]["mobilenet_v2"]["dpx"]
     assert (tmp_path / "auc_study_mobilenet_v2.png").stat().st_size > 10_000
     assert "| mobilenet_v2 (32 px) | dpx |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name, head_name", [("vgg11", "classifier.6"), ("resnet18", "fc"),
+                                             ("mobilenet_v2", "classifier.1"), ("regnet_x_400mf", "fc")])
+def test_zeroed_inputs_give_the_head_inputs_of_the_weight_mask(name, head_name, monkeypatch):
+    # The controller's candidates are measured by zeroing the input channels of the layers that read them
+    # (the first one by subtracting what they contributed) instead of masking weights: same numbers.
+    from models_for_tests import family
+
+    import toolchain.feature_cache as feature_cache
+    from toolchain.feature_cache import HeadInputCache
+    from toolchain.surgery import PruningGraph, as_selection, rank_chunks
+
+    subtracted = []
+    contribution = feature_cache._contribution
+    monkeypatch.setattr(feature_cache, "_contribution",
+                        lambda *args: subtracted.append(args[0]) or contribution(*args))
+    model = family(name)
+    images = torch.randn(4, 3, 32, 32)
+    head = model.get_submodule(head_name)
+    cache = HeadInputCache(model, images, head_name)
+    graph = PruningGraph(model, images[:1], protected=[head])
+    groups = graph.groups()
+    chunks = rank_chunks(groups, {m: torch.zeros(g.size) for g in groups for m in g.members}, round_to=8)
+    for chunk in chunks[:: max(1, len(chunks) // 6)]:
+        selection = as_selection([chunk])
+        zeroed = graph.zeroed_inputs(selection)
+        positions = zeroed.pop(head, [])
+        fast = cache(zeroed=zeroed).clone()
+        with graph.mask(selection):
+            reference = cache(graph.masked_modules).clone()
+        fast[:, positions] = reference[:, positions] = 0.0  # what the head reads; its own columns are masked
+        torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5, msg=f"{name} {chunk.root}")
+        assert not torch.equal(fast, cache()), "the candidate must change what the head reads"
+    assert subtracted, "the first reading layer should cost only the removed channels' share"
+    if name == "regnet_x_400mf":
+        assert any(m.groups > 1 for m in graph.model.modules() if isinstance(m, torch.nn.Conv2d))

@@ -68,7 +68,8 @@ def _prune_options(parser: argparse.ArgumentParser) -> None:
     dpx = parser.add_argument_group("accuracy-aware controller (--method dpx; --step is s_max, --rate p_max)")
     dpx.add_argument("--delta", type=float, help="accept a step if A drops by at most this (default 0)")
     dpx.add_argument("--tau", type=float, help="instead accept if A >= tau x A of the dense model")
-    dpx.add_argument("--m", type=int, help="units tried by a change of pruning order (default 8)")
+    dpx.add_argument("--m", type=int, help="units tried by a change of pruning order (default 8; wider finds better units, "
+                     "each costs a partial forward: see the README's study)")
     dpx.add_argument("--s-min-units", type=int, help="smallest step, in units (default 1)")
     dpx.add_argument("--rescore", choices=["accepted", "step", "never"],
                      help="recompute relevance after each commit (accepted), after each s_max of filters (step), never")

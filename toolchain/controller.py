@@ -186,6 +186,13 @@ class _Controller:
                 raise InputError(f"controller: unit {unit.key!r} removes {unit.filters} filters; must be >= 1")
         return units
 
+    def next_boundary(self, removed: int) -> int:
+        """The first multiple of s_max (in filters, rounded) above `removed`, capped at the p_max target."""
+        k = math.floor(removed / (self.config.s_max * self.original)) + 1
+        while round(k * self.config.s_max * self.original) <= removed:
+            k += 1
+        return min(self.target_removed, round(k * self.config.s_max * self.original))
+
     def removed(self) -> int:
         return round(self.model.pruned_fraction() * self.original)
 
@@ -231,8 +238,9 @@ class _Controller:
                 )
                 break
             rate_before = float(self.model.pruned_fraction())
-            # Never ask for more than is left to p_max: the overshoot stays below one unit.
-            wanted = min(step, self.target_removed - removed)
+            # Never ask past the next multiple of s_max (of the ORIGINAL filters) nor past p_max: the curve is
+            # read on that grid, and overshoots that added up would put a state a whole step off its grid rate.
+            wanted = min(step, self.next_boundary(removed) - removed)
             candidate = _lowest_covering(ranking, wanted)
             a_new = self.measure_without(candidate)
             threshold = config.tau * a_start if config.tau is not None else a_prev - config.delta

@@ -28,6 +28,9 @@ ACTIVATIONS = (nn.ReLU, nn.ReLU6)  # their outputs are >= 0, which z+ relies on
 PASS_MODULES = (nn.Dropout, nn.Identity)
 AVG_POOLS = (nn.AdaptiveAvgPool2d, nn.AvgPool2d)
 FLATTENS = {torch.flatten, torch.reshape}
+# Activations as (out of place, in place): in place where nothing else reads the input (see GraphLrp).
+RELU = (torch.relu, torch.relu_)
+RELU6 = (lambda t: t.clamp(0.0, 6.0), lambda t: t.clamp_(0.0, 6.0))
 RESHAPE_METHODS = {"flatten", "view", "reshape"}
 
 
@@ -57,6 +60,10 @@ class _Conv:
         weight = weight.contiguous(memory_format=torch.channels_last)
         self.weight, self.bias = weight, bias
         self.positive = weight.clamp(min=0)
+        self.negative = weight.clamp(max=0)
+        # Signed inputs, ungrouped conv: x+ w+ + x- w- as ONE conv of [x+, x-] with [w+, w-] (one output
+        # tensor instead of two and a sum: on these memory-bound layers every large allocation shows).
+        self.signed = torch.cat([self.positive, self.negative], 1) if conv.groups == 1 else None
         self.args = {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation,
                      "groups": conv.groups}
         self.window_sizes: dict[tuple, torch.Tensor] = {}
@@ -75,25 +82,33 @@ class _Conv:
     def relevance(self, x: torch.Tensor, relevance: torch.Tensor, non_negative: bool) -> torch.Tensor:
         """z+ without bias; outputs no input drove pass their relevance flat (ZPlusFlatFallback).
 
-        In the common case (inputs after a ReLU) this is one z+ conv, one transposed conv and three passes
-        over the tensors, done in place: on MobileNetV2 the element-wise work, not the convs, is the cost."""
+        One z+ conv, one transposed conv and three passes over the tensors, done in place (on MobileNetV2 the
+        element-wise work, not the convs, is the cost). Signed inputs (after a linear bottleneck) add the
+        x- w- term: its products are >= 0 like those of x+ w+, so z >= 0 either way and the same clamped
+        division serves both; an output with z = 0 has every product zero, so its clamped quotient meets
+        only zeros in the transposed conv and the flat rule alone passes its relevance."""
         if non_negative:
             z = self.forward(x, self.positive)
-            any_undriven = bool(z.amin() <= STABILIZER)  # one reduction; the mask only where needed
-            undriven = z <= STABILIZER if any_undriven else None
-            scaled = torch.div(relevance, z.clamp_(min=STABILIZER), out=z)
-            result = self.transposed(x.shape, self.positive, scaled).mul_(x)
+        elif self.signed is not None:
+            x_both = torch.cat([x.clamp(min=0), x.clamp(max=0)], 1)
+            z = self.forward(x_both, self.signed)
         else:
             x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
-            negative = self.weight.clamp(max=0)
-            z = self.forward(x_pos, self.positive) + self.forward(x_neg, negative)
-            undriven = z.abs() <= STABILIZER
-            any_undriven = bool(undriven.any())
-            scaled = relevance / torch.where(undriven, torch.ones_like(z), z) * ~undriven
-            result = (x_pos * self.transposed(x.shape, self.positive, scaled)
-                      + x_neg * self.transposed(x.shape, negative, scaled))
+            z = self.forward(x_pos, self.positive).add_(self.forward(x_neg, self.negative))
+        any_undriven = bool(z.amin() <= STABILIZER)  # one reduction; the mask only where needed
+        undriven = z <= STABILIZER if any_undriven else None
+        scaled = torch.div(relevance, z.clamp_(min=STABILIZER), out=z)
+        if non_negative:
+            result = self.transposed(x.shape, self.positive, scaled).mul_(x)
+        elif self.signed is not None:
+            both = self.transposed(x_both.shape, self.signed, scaled).mul_(x_both)
+            channels = x.shape[1]
+            result = both[:, :channels].add_(both[:, channels:])
+        else:
+            result = self.transposed(x.shape, self.positive, scaled).mul_(x_pos)
+            result.addcmul_(self.transposed(x.shape, self.negative, scaled), x_neg)
         if any_undriven:
-            result = result.add_(self._flat(x, torch.where(undriven, relevance, 0.0)))
+            result = result.add_(self._flat(x, relevance.mul_(undriven)))
         return result
 
     def _flat(self, x: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
@@ -115,6 +130,29 @@ class GraphLrp:
 
     def __init__(self, graph: fx.Graph, steps: list, watched: dict[str, fx.Node]):
         self.graph, self.steps, self.watched = graph, steps, watched
+        # Relevance is needed at a node that is watched or has a watched node upstream; the rest of the
+        # backward sweep (the first conv's own propagation to the image, above all) is skipped.
+        watched_nodes = set(watched.values())
+        self.needed: set[fx.Node] = set()
+        for node, _, _ in steps:
+            if node in watched_nodes or any(source in self.needed for source in node.all_input_nodes):
+                self.needed.add(node)
+        # An activation may overwrite its input when it is that input's only reader, forward and backward
+        # (the backward sweep reads the inputs of convs, linear layers, adds, pools): a conv's pre-activation
+        # output is then never stored apart, one large allocation less per conv.
+        kind_of = {node: kind for node, kind, _ in steps}
+        read = {n for node, kind in kind_of.items() if kind in ("conv", "linear", "add", "split", "gradient")
+                for n in node.all_input_nodes}
+        read |= {node for node, kind in kind_of.items() if kind == "split"}
+        self.in_place = set()
+        for node, kind in kind_of.items():
+            if kind != "activation":
+                continue
+            chain = [node.args[0]]  # the activation's input, back through a BatchNorm folded into its conv
+            if kind_of[chain[0]] == "pass" and chain[0].op == "call_module":
+                chain.append(chain[0].args[0])
+            if kind_of[chain[-1]] == "conv" and all(len(n.users) == 1 and n not in read for n in chain):
+                self.in_place.add(node)
 
     @classmethod
     def build(cls, model: nn.Module, watch: dict[str, nn.Module], head_rule: str = "epsilon") -> GraphLrp | None:
@@ -122,25 +160,25 @@ class GraphLrp:
         if head_rule != "epsilon":
             return None
         try:
-            traced = fx.symbolic_trace(model)
+            graph = fx.Tracer().trace(model)  # the graph alone: no GraphModule is compiled from it
         except Exception:  # noqa: BLE001 - any trace failure just means: use zennit
             return None
-        modules = dict(traced.named_modules())
-        users = {node: list(node.users) for node in traced.graph.nodes}
+        modules = dict(model.named_modules())
+        users = {node: list(node.users) for node in graph.nodes}
         steps, non_negative, folded = [], {}, {}
-        for node in traced.graph.nodes:
+        for node in graph.nodes:
             step = cls._step(node, modules, users, non_negative, folded)
             if step is None:
                 return None
             steps.append(step)
         names = {id(m): n for n, m in watch.items()}
         watched = {}
-        for node in traced.graph.nodes:
+        for node in graph.nodes:
             if node.op == "call_module" and id(modules[node.target]) in names:
                 watched[names[id(modules[node.target])]] = folded.get(node, node)
         if len(watched) != len(watch):
             return None
-        return cls(traced.graph, steps, watched)
+        return cls(graph, steps, watched)
 
     @staticmethod
     def _step(node, modules, users, non_negative, folded):
@@ -173,8 +211,7 @@ class GraphLrp:
                 return None
             if isinstance(module, ACTIVATIONS):
                 non_negative[node] = True
-                # Never in place: the backward sweep reads the stored input of every node.
-                return node, "pass", torch.relu if isinstance(module, nn.ReLU) else (lambda t: F.hardtanh(t, 0.0, 6.0))
+                return node, "activation", RELU if isinstance(module, nn.ReLU) else RELU6
             if isinstance(module, PASS_MODULES) or isinstance(module, nn.Flatten):
                 non_negative[node] = non_negative[source]
                 return node, "reshape" if isinstance(module, nn.Flatten) else "pass", module
@@ -195,9 +232,9 @@ class GraphLrp:
             if node.target in FLATTENS:
                 non_negative[node] = non_negative[source]
                 return node, "reshape", None
-            if node.target in (F.relu, torch.relu):
+            if node.target in (F.relu, torch.relu) and len(args) == 1 and not node.kwargs:
                 non_negative[node] = True
-                return node, "pass", None
+                return node, "activation", RELU
             if node.target is F.adaptive_avg_pool2d:
                 non_negative[node] = non_negative[source]
                 return node, "split", None
@@ -220,6 +257,8 @@ class GraphLrp:
                 values[node] = conv.forward(values[node.args[0]], bias=conv.bias)
             elif kind == "pass" and node.op == "call_module" and payload is None:
                 values[node] = values[node.args[0]]  # a BatchNorm folded into its conv
+            elif kind == "activation":
+                values[node] = payload[node in self.in_place](values[node.args[0]])
             else:
                 args = fx.node.map_arg(node.args, lambda n: values[n])
                 kwargs = fx.node.map_arg(node.kwargs, lambda n: values[n])
@@ -227,6 +266,24 @@ class GraphLrp:
                     getattr(args[0], node.target)(*args[1:], **kwargs) if node.op == "call_method" else \
                     node.target(*args, **kwargs)
         return values
+
+    @torch.no_grad()
+    def multiply_adds(self, image: torch.Tensor) -> tuple[int, int]:
+        """(a forward pass, a relevance pass) in conv and linear multiply-adds for one image: the floor the
+        rules themselves set. Per conv whose input needs relevance, z+ and its transpose each cost one
+        forward of the conv, two on signed inputs (x+ w+ and x- w-)."""
+        values = self._forward(image[None] if image.ndim == 3 else image[:1])
+        forward = backward = 0
+        for node, kind, payload in self.steps:
+            if kind not in ("conv", "linear"):
+                continue
+            module = payload[0] if kind == "conv" else payload
+            weight = module.weight
+            macs = values[node].numel() * weight[0].numel()
+            forward += macs
+            if any(source in self.needed for source in node.all_input_nodes):
+                backward += 2 * macs * (1 if kind == "linear" or payload[1] else 2)
+        return forward, forward + backward
 
     def filter_scores(self, images: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None
                       ) -> dict[str, torch.Tensor]:
@@ -260,9 +317,11 @@ class GraphLrp:
                     channel_dim = r.ndim - 1 if kind == "linear" else 1
                     dims = tuple(d for d in range(r.ndim) if d != channel_dim)
                     scores[watched[node]] = r.abs().sum(dim=dims).to(torch.float64)
-                if r is None or kind == "input":
+                if r is None or kind == "input" or not any(s in self.needed for s in node.all_input_nodes):
                     continue
                 for source, contribution in self._backward(node, kind, payload, values, r):
+                    if source not in self.needed:
+                        continue
                     relevance[source] = relevance[source] + contribution if source in relevance else contribution
         return scores
 
@@ -270,7 +329,7 @@ class GraphLrp:
     def _backward(node, kind, payload, values, r):
         """(input node, relevance it receives) pairs for one node."""
         source = node.args[0]
-        if kind in ("output", "pass"):
+        if kind in ("output", "pass", "activation"):
             return [(source, r)]
         x = values[source]
         if kind == "reshape":

@@ -339,8 +339,11 @@ class TorchPrunable:
 
     def harmonic_mean_without(self, units: list[Unit]) -> float:
         selection = as_selection([u.key for u in units])
-        with self.graph.mask(selection):
-            return self.signal(self.head_inputs(selection), self.graph.masked_modules)
+        zeroed = self.graph.zeroed_inputs(selection)
+        if zeroed is None:  # a LayerNorm reads them: only the weight mask normalises it over the kept channels
+            with self.graph.mask(selection):
+                return self.signal(self.head_inputs(selection), self.graph.masked_modules)
+        return self.signal(zeroed.get(self.head, []), zeroed=zeroed)
 
     def commit(self, units: list[Unit]) -> None:
         selection = as_selection([u.key for u in units])
@@ -401,16 +404,23 @@ def prune(task: Task, config: PruneConfig, progress: bool = True) -> PruneResult
     generator = torch.Generator().manual_seed(config.seed)
     target = int(round(config.rate * graph.original_filters))
     check_reachable(graph, target, config)
-    step_filters = max(1, int(round(config.step * graph.original_filters)))
-    steps = math.ceil(target / step_filters)
+    # Step k ends at k x step of the ORIGINAL filters: whole chunks overshoot a little, and the overshoot must
+    # not add up (by 45% it would be a whole step ahead of the grid its curve is read on).
+    step_filters = config.step * graph.original_filters
+    ends = [min(target, round(k * step_filters)) for k in range(1, math.ceil(target / step_filters - 1e-9) + 1)]
+    ends = [end for end in ends if end > 0]
+    steps = len(ends)
     curve = [curve_point(model, graph, task, example, config.ablations)]
     passes = 0
     bar = tqdm(total=steps, desc=f"pruning ({config.method})", unit="step", disable=not progress)
     removed = 0
-    while removed < target:
+    for end in ends:
+        goal = end - removed
+        bar.update(1)
+        if goal <= 0:  # chunks larger than a step: the last one already went past this step's end
+            continue
         scores = filter_scores(config.method, model, task, config, progress, generator)
         passes += config.method == "lrp"
-        goal = min(removed + step_filters, target) - removed
         selection = select_channels(graph.groups(), scores, goal, config.round_to)
         if not selection:  # check_reachable said this cannot happen; never loop forever if it is wrong
             raise InputError(
@@ -421,7 +431,6 @@ def prune(task: Task, config: PruneConfig, progress: bool = True) -> PruneResult
             graph.prune(root, channels)
         removed = graph.original_filters - graph.filters
         curve.append(curve_point(model, graph, task, example, config.ablations))
-        bar.update(1)
         bar.set_postfix(rate=f"{graph.pruned_fraction:.3f}", acc=f"{curve[-1]['accuracy']:.3f}", refresh=False)
     bar.close()
     return PruneResult(model, graph, curve, time.perf_counter() - started, passes)

@@ -20,7 +20,7 @@ from torch import nn
 from runtime_bench.accuracy import harmonic_mean
 from runtime_bench.errors import InputError
 
-from .feature_cache import HeadInputCache
+from .feature_cache import HeadInputCache, Zeroed
 from .head import fit_linear
 
 SIGNALS = ("small-accuracy", "crossfit-accuracy", "crossfit-probability")
@@ -66,22 +66,25 @@ class ControlSignal:
         """After a commit changed the modules `changed` for good (None: any of them)."""
         self.head_inputs.refresh(changed)
 
-    def __call__(self, masked_inputs: list[int] = (), changed: set[nn.Module] = frozenset()) -> float:
-        """A of the model; `changed` are the modules a mask currently alters and `masked_inputs` the
-        head-input positions it hides."""
-        return harmonic_mean(self.per_class(masked_inputs, changed))
+    def __call__(self, masked_inputs: list[int] = (), changed: set[nn.Module] = frozenset(),
+                 zeroed: Zeroed | None = None) -> float:
+        """A of the model; `masked_inputs` are the head-input positions a candidate hides, and the rest of
+        it is either `changed` (modules whose weights a mask currently alters) or `zeroed` (input channels
+        of the layers reading it, see HeadInputCache)."""
+        return harmonic_mean(self.per_class(masked_inputs, changed, zeroed))
 
     @torch.no_grad()
-    def per_class(self, masked_inputs: list[int] = (), changed: set[nn.Module] = frozenset()) -> list[float]:
+    def per_class(self, masked_inputs: list[int] = (), changed: set[nn.Module] = frozenset(),
+                  zeroed: Zeroed | None = None) -> list[float]:
         """The per-class values whose harmonic mean is A."""
-        features = self.head_inputs(changed)
+        features = self.head_inputs(changed, zeroed)
+        if len(masked_inputs):
+            features = features.clone()
+            features[:, list(masked_inputs)] = 0.0
         if self.kind == "small-accuracy":
             correct = (self.head(features).argmax(1) == self.labels).float()
             return _per_class_mean(correct, self.labels, self.num_classes)
         weight = self.weight[:, :, self.kept]
-        if len(masked_inputs):
-            weight = weight.clone()
-            weight[:, :, list(masked_inputs)] = 0.0
         logits = torch.einsum("nf,ncf->nc", features, weight[self.fold]) + self.bias[self.fold]
         if self.kind == "crossfit-accuracy":
             values = (logits.argmax(1) == self.labels).float()

@@ -314,6 +314,30 @@ class PruningGraph:
         group.prune()
         return before - self.filters
 
+    def _readers(self, selection: dict[str, list[int]]) -> Iterator[tuple[nn.Module, list[int]]]:
+        """(layer, its input channels) for every conv, linear layer or LayerNorm that reads a channel of
+        `selection`, depthwise convs excepted (they are group members themselves, read by the next layer)."""
+        for root, channels in selection.items():
+            if not channels:
+                continue
+            for dep, idxs in self._group_of(root, channels):
+                consumer = dep.target.module
+                if isinstance(consumer, nn.LayerNorm) or (
+                        isinstance(consumer, (nn.Conv2d, nn.Linear)) and not is_depthwise(consumer)
+                        and not self.graph.is_out_channel_pruning_fn(dep.handler)):
+                    yield consumer, [int(i) for i in idxs]
+
+    def zeroed_inputs(self, selection: dict[str, list[int]]) -> dict[nn.Module, list[int]] | None:
+        """What `mask(selection)` does, as the input channels to zero per reading layer (a conv's dim 1, a
+        linear layer's last dim): the same outputs without touching a weight. None when a LayerNorm reads
+        them (only `mask` normalises it over the kept channels)."""
+        zeroed: dict[nn.Module, list[int]] = {}
+        for consumer, idxs in self._readers(selection):
+            if isinstance(consumer, nn.LayerNorm):
+                return None
+            zeroed[consumer] = sorted(set(zeroed.get(consumer, [])) | set(idxs))
+        return zeroed
+
     @contextlib.contextmanager
     def mask(self, selection: dict[str, list[int]]) -> Iterator[nn.Module]:
         """Temporarily zero every input weight that reads a channel of `selection` (root -> current indices).
@@ -329,20 +353,12 @@ class PruningGraph:
         patched_norms = []
         try:
             with torch.no_grad():
-                for root, channels in selection.items():
-                    if not channels:
-                        continue
-                    for dep, idxs in self._group_of(root, channels):
-                        consumer = dep.target.module
-                        idxs = [int(i) for i in idxs]
-                        if isinstance(consumer, nn.LayerNorm):
-                            removed_norm.setdefault(consumer, set()).update(idxs)
-                            continue
-                        if self.graph.is_out_channel_pruning_fn(dep.handler) or is_depthwise(consumer):
-                            continue
-                        if isinstance(consumer, (nn.Conv2d, nn.Linear)):
-                            saved.append((consumer, consumer.weight.detach().clone()))
-                            _zero_inputs(consumer, idxs)
+                for consumer, idxs in self._readers(selection):
+                    if isinstance(consumer, nn.LayerNorm):
+                        removed_norm.setdefault(consumer, set()).update(idxs)
+                    else:
+                        saved.append((consumer, consumer.weight.detach().clone()))
+                        _zero_inputs(consumer, idxs)
                 for norm, removed in removed_norm.items():
                     keep = torch.ones(norm.normalized_shape[0], dtype=torch.bool)
                     keep[sorted(removed)] = False
