@@ -60,7 +60,10 @@ def run_one(task, base: PruneConfig, method: str) -> dict:
         "cost": {"seconds": round(time.perf_counter() - started, 1), "relevance_passes": result.relevance_passes,
                  "accuracy_checks": log.get("accuracy_checks", 0),
                  "events": {k: sum(e["kind"] == k for e in log.get("events", []))
-                            for k in ("accept", "reject_halve", "order_change")}},
+                            for k in ("accept", "reject_halve", "order_change")},
+                 # How often a change of order took the LAST of the units it tried: a window too narrow.
+                 "order_change_took_last": sum(e["kind"] == "order_change" and e["chosen_rank"] == e["tried"] - 1
+                                               for e in log.get("events", []))},
         "stopped_early": log.get("stopped_early"),
         "p_max": config.rate,
         "step": config.step,

@@ -87,14 +87,16 @@ def markdown(results: dict) -> str:
              f"unless a row says otherwise, m 8 unless a row names it; "
              f"{results['seconds']:.0f} s in all.", "",
              "| model (input) | dpx variant | class-averaged AUC | / LRP | harmonic-mean AUC | s | relevance passes | "
-             "accuracy checks | order changes |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "accuracy checks | order changes | ... that took the last unit tried |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for model, m in results["models"].items():
         for name, r in m["runs"].items():
             c = r["cost"]
+            changes = c["events"].get("order_change", 0)
+            last = f"{c['order_change_took_last'] / changes:.0%}" if changes else ""
             lines.append(f"| {model} ({m['image_size']} px) | {name} | {r['auc']:.3f} | {r['ratio_to_lrp']:.3f} | "
                          f"{r['harmonic_mean_auc']:.3f} | {c['seconds']:.0f} | {c['relevance_passes']} | "
-                         f"{c['accuracy_checks']} | {c['events'].get('order_change', 0)} |")
+                         f"{c['accuracy_checks']} | {changes} | {last} |")
     return "\n".join(lines)
 
 

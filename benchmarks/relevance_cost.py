@@ -7,7 +7,7 @@ plain forward `model(x)` as loaded (torch's default layout), the same forward on
 a relevance pass (`lrp_filter_scores`, which traces the model, folds BatchNorm and runs channels-last,
 toolchain/lrp_graph.py). Prints the medians, both ratios, and the floor the LRP rules themselves set: the
 pass's multiply-adds over a forward's (z+ and its transpose per conv, twice on signed inputs). Writes
-benchmarks/results/relevance_cost.json.
+benchmarks/results/relevance_cost.json and the README block relevance-cost.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ import time
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+
+from readme_blocks import update_readme  # noqa: E402
 
 from runtime_bench.report import write_json_atomic  # noqa: E402
 from toolchain.lrp_graph import GraphLrp  # noqa: E402
@@ -68,6 +70,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "relevance_cost.json"))
+    parser.add_argument("--readme", default=str(ROOT / "README.md"))
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, args.image_size, args.image_size)
@@ -76,19 +79,22 @@ def main(argv=None) -> int:
                             "threads": torch.get_num_threads(), "batch": args.batch, "image_size": args.image_size,
                             "repeats": args.repeats},
                "models": {}}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, {args.image_size} px, "
-          f"medians of {args.repeats} rounds")
-    print("| model | forward (ms) | forward channels-last (ms) | relevance pass (ms) | relevance / forward | "
-          "relevance / channels-last forward | multiply-adds / forward's |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    lines = [f"Command: `{' '.join(['python benchmarks/relevance_cost.py', *results['settings']['argv']])}`; "
+             f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, {args.image_size} px, "
+             f"medians of {args.repeats} rounds.", "",
+             "| model | forward (ms) | forward channels-last (ms) | relevance pass (ms) | relevance / forward | "
+             "relevance / channels-last forward | multiply-adds / forward's |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    print("\n".join(lines))
     for name, source in MODELS.items():
         r = measure(build_model(source), x, labels, args.repeats)
         results["models"][name] = r
         ms = r["ms"]
-        print(f"| {name} | {ms['forward']:.0f} | {ms['forward_channels_last']:.0f} | {ms['relevance']:.0f} | "
-              f"{r['ratio']:.2f}x | {r['ratio_channels_last']:.2f}x | {r['multiply_add_floor']:.2f}x |", flush=True)
+        lines.append(f"| {name} | {ms['forward']:.0f} | {ms['forward_channels_last']:.0f} | {ms['relevance']:.0f} | "
+                     f"{r['ratio']:.2f}x | {r['ratio_channels_last']:.2f}x | {r['multiply_add_floor']:.2f}x |")
+        print(lines[-1], flush=True)
     write_json_atomic(results, args.out)
-    return 0
+    return update_readme(args.readme, "relevance-cost", "\n".join(lines))
 
 
 if __name__ == "__main__":

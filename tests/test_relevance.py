@@ -166,3 +166,20 @@ def test_taylor_scores_a_model_whose_convs_feed_in_place_relus():
     for name, score in expected.items():
         assert float(score.sum()) > 0, name
         torch.testing.assert_close(scores[name], score, rtol=1e-5, atol=1e-9)
+
+
+def test_graph_lrp_counts_the_multiply_adds_its_rules_need():
+    from toolchain.lrp_graph import GraphLrp
+    from toolchain.surgery import filter_layers
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 5, 1), nn.BatchNorm2d(5),
+                          nn.Conv2d(5, 6, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 2)).eval()
+    fast = GraphLrp.build(model, filter_layers(model))
+    forward, relevance = fast.multiply_adds(torch.randn(3, 8, 8))
+    first, second, third, head = 64 * 4 * 27, 64 * 5 * 4, 64 * 6 * 5, 6 * 2
+    assert forward == first + second + third + head
+    # The first conv reads the image: nothing upstream needs relevance, its rule never runs. The second reads
+    # a ReLU (z+ and its transpose, once each); the third reads the BatchNorm's signed output (x+ w+ and x- w-,
+    # so twice each); the head: the epsilon rule's forward and its transpose.
+    assert relevance == forward + 2 * second + 4 * third + 2 * head

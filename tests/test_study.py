@@ -135,3 +135,24 @@ def test_zeroed_inputs_give_the_head_inputs_of_the_weight_mask(name, head_name, 
     assert subtracted, "the first reading layer should cost only the removed channels' share"
     if name == "regnet_x_400mf":
         assert any(m.groups > 1 for m in graph.model.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_baseline_steps_end_on_the_grid_the_auc_reads(task):
+    # Whole chunks overshoot each step a little; step k must still end at k x step (not k x (step +
+    # overshoot)), or by 45% a method is read a whole step behind where it is.
+    import copy
+
+    from toolchain.pipeline import curve_auc, prune
+
+    local = copy.copy(task)
+    local.model = copy.deepcopy(task.model)
+    step = 0.0335  # 161 of resnet18's 4800 filters: no whole number of 8-channel chunks, every step overshoots
+    config = PruneConfig(model="resnet18", weights="none", data="unused", method="l1", rate=15 * step, step=step,
+                         round_to=8, image_size=32)
+    result = prune(local, config, progress=False)
+    rates = [point["rate"] for point in result.curve]
+    assert len(rates) == 16 and result.graph.original_filters == 4800
+    largest_chunk = 8 * max(len(group.members) for group in result.graph.groups()) / result.graph.original_filters
+    for k, rate in enumerate(rates):
+        assert step * k - 1e-9 <= rate < step * k + largest_chunk, (k, rate)
+    assert curve_auc(result.curve, step, 15 * step)["rates_used"] == rates  # each grid rate reads its own step

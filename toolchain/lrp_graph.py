@@ -48,7 +48,7 @@ def _vjp(fn, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 class _Conv:
     """A conv with its BatchNorm folded in, and the positive weight part z+ needs."""
 
-    def __init__(self, conv: nn.Conv2d, norm: nn.BatchNorm2d | None):
+    def __init__(self, conv: nn.Conv2d, norm: nn.BatchNorm2d | None, non_negative: bool):
         weight = conv.weight.detach()
         bias = conv.bias.detach() if conv.bias is not None else torch.zeros(weight.shape[0])
         if norm is not None:
@@ -60,10 +60,12 @@ class _Conv:
         weight = weight.contiguous(memory_format=torch.channels_last)
         self.weight, self.bias = weight, bias
         self.positive = weight.clamp(min=0)
-        self.negative = weight.clamp(max=0)
+        self.non_negative = non_negative  # its inputs are >= 0 (after a ReLU): the x- w- term never arises
+        self.negative = None if non_negative else weight.clamp(max=0)
         # Signed inputs, ungrouped conv: x+ w+ + x- w- as ONE conv of [x+, x-] with [w+, w-] (one output
         # tensor instead of two and a sum: on these memory-bound layers every large allocation shows).
-        self.signed = torch.cat([self.positive, self.negative], 1) if conv.groups == 1 else None
+        self.signed = torch.cat([self.positive, self.negative], 1) if not non_negative and conv.groups == 1 \
+            else None
         self.args = {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation,
                      "groups": conv.groups}
         self.window_sizes: dict[tuple, torch.Tensor] = {}
@@ -79,7 +81,7 @@ class _Conv:
         extra = tuple(want - got for want, got in zip(shape[2:], size))
         return F.conv_transpose2d(grad, weight, None, a["stride"], a["padding"], extra, a["groups"], a["dilation"])
 
-    def relevance(self, x: torch.Tensor, relevance: torch.Tensor, non_negative: bool) -> torch.Tensor:
+    def relevance(self, x: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
         """z+ without bias; outputs no input drove pass their relevance flat (ZPlusFlatFallback).
 
         One z+ conv, one transposed conv and three passes over the tensors, done in place (on MobileNetV2 the
@@ -87,7 +89,7 @@ class _Conv:
         x- w- term: its products are >= 0 like those of x+ w+, so z >= 0 either way and the same clamped
         division serves both; an output with z = 0 has every product zero, so its clamped quotient meets
         only zeros in the transposed conv and the flat rule alone passes its relevance."""
-        if non_negative:
+        if self.non_negative:
             z = self.forward(x, self.positive)
         elif self.signed is not None:
             x_both = torch.cat([x.clamp(min=0), x.clamp(max=0)], 1)
@@ -98,7 +100,7 @@ class _Conv:
         any_undriven = bool(z.amin() <= STABILIZER)  # one reduction; the mask only where needed
         undriven = z <= STABILIZER if any_undriven else None
         scaled = torch.div(relevance, z.clamp_(min=STABILIZER), out=z)
-        if non_negative:
+        if self.non_negative:
             result = self.transposed(x.shape, self.positive, scaled).mul_(x)
         elif self.signed is not None:
             both = self.transposed(x_both.shape, self.signed, scaled).mul_(x_both)
@@ -202,7 +204,7 @@ class GraphLrp:
                     norm = modules[after[0].target]
                     folded[node] = after[0]  # relevance at the conv's output is that at the BatchNorm's
                 non_negative[node] = False
-                return node, "conv", (_Conv(module, norm), non_negative[source])
+                return node, "conv", _Conv(module, norm, non_negative[source])
             if isinstance(module, nn.BatchNorm2d):
                 if source.op == "call_module" and isinstance(modules[source.target], nn.Conv2d) \
                         and users[source] == [node]:
@@ -253,8 +255,7 @@ class GraphLrp:
             elif kind == "output":
                 values[node] = values[node.args[0]]
             elif kind == "conv":
-                conv = payload[0]
-                values[node] = conv.forward(values[node.args[0]], bias=conv.bias)
+                values[node] = payload.forward(values[node.args[0]], bias=payload.bias)
             elif kind == "pass" and node.op == "call_module" and payload is None:
                 values[node] = values[node.args[0]]  # a BatchNorm folded into its conv
             elif kind == "activation":
@@ -277,12 +278,10 @@ class GraphLrp:
         for node, kind, payload in self.steps:
             if kind not in ("conv", "linear"):
                 continue
-            module = payload[0] if kind == "conv" else payload
-            weight = module.weight
-            macs = values[node].numel() * weight[0].numel()
+            macs = values[node].numel() * payload.weight[0].numel()
             forward += macs
             if any(source in self.needed for source in node.all_input_nodes):
-                backward += 2 * macs * (1 if kind == "linear" or payload[1] else 2)
+                backward += 2 * macs * (1 if kind == "linear" or payload.non_negative else 2)
         return forward, forward + backward
 
     def filter_scores(self, images: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None
@@ -335,8 +334,7 @@ class GraphLrp:
         if kind == "reshape":
             return [(source, r.reshape(x.shape))]
         if kind == "conv":
-            conv, non_negative = payload
-            return [(source, conv.relevance(x, r, non_negative))]
+            return [(source, payload.relevance(x, r))]
         if kind == "linear":
             weight = payload.weight.detach()
             return [(source, x * ((r / _stabilize(F.linear(x, weight))) @ weight))]
