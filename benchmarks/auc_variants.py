@@ -1,6 +1,6 @@
 """The controller's variants, one seed each, against plain LRP on the same task: what each achieves.
 
-    python benchmarks/auc_variants.py [--seed 0] [--models vgg16_hed,mobilenet_v2]
+    python benchmarks/auc_variants.py [--seed 0] [--models vgg16_hed,mobilenet_v2] [--resume]
 
 METHOD.md's controller as specified (A = harmonic mean of small-set accuracy, delta 0) is compared with the
 variants it names: cross-fitted A, a floor tau relative to the dense model, class-weighted relevance, relevance
@@ -12,6 +12,7 @@ benchmarks/results/auc_variants.json and the README block auc-variants.
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import sys
 import time
@@ -26,6 +27,7 @@ from runtime_bench.report import write_json_atomic  # noqa: E402
 from toolchain.assets import prepare_default_assets  # noqa: E402
 from toolchain.pipeline import PruneConfig, prepare  # noqa: E402
 
+LRP = "plain LRP (Yeom)"
 VARIANTS = {  # name -> PruneConfig fields of the dpx run
     "as specified: small-set accuracy, delta 0, m 8": {"signal": "small-accuracy"},
     "cross-fitted accuracy, delta 0": {"signal": "crossfit-accuracy"},
@@ -48,32 +50,45 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=str(ROOT / "artifacts" / "data" / "fashion-mnist"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "auc_variants.json"))
     parser.add_argument("--readme", default=str(ROOT / "README.md"))
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows of an earlier run with the same settings and do only the missing ones")
     args = parser.parse_args(argv)
     data = pathlib.Path(args.data)
     prepare_default_assets(data)
-    started = time.perf_counter()
-    results = {"settings": {"argv": list(sys.argv[1:] if argv is None else argv), "seed": args.seed,
-                            "test_size": args.test_size, "p_max": 0.9, "step": 0.05, "rescore": "step"},
-               "models": {}}
+    results = {"settings": {"argv": [a for a in (sys.argv[1:] if argv is None else argv) if a != "--resume"],
+                            "seed": args.seed, "test_size": args.test_size, "p_max": 0.9, "step": 0.05,
+                            "rescore": "step"},
+               "models": {}, "seconds": 0.0}
+    out = pathlib.Path(args.out)
+    if args.resume and out.is_file():
+        previous = json.loads(out.read_text())
+        if {k: v for k, v in previous["settings"].items() if k != "argv"} == \
+                {k: v for k, v in results["settings"].items() if k != "argv"}:
+            results["models"], results["seconds"] = previous["models"], previous["seconds"]
+    started = time.perf_counter() - results["seconds"]
     for model in args.models.split(","):
         spec = dict(MODELS[model])
+        rows = results["models"].setdefault(model, {"image_size": spec["image_size"], "runs": {}})["runs"]
+        todo = [name for name in [LRP, *VARIANTS] if name not in rows]
+        if not todo:
+            continue
         base = PruneConfig(data=str(data / "train"), test_data=str(data / "test"), test_size=args.test_size,
                            rate=0.9, step=0.05, seed=args.seed, rescore="step", **spec)
         task = prepare(base, progress=False)
-        lrp = run_one(task, base, "lrp")
-        rows = {"plain LRP (Yeom)": lrp}
-        for name, fields in VARIANTS.items():
-            config = PruneConfig(**dict(base.to_dict(), **fields))
-            rows[name] = run_one(task, config, "dpx")
-            print(f"{model}: {name}: AUC {rows[name]['auc']:.3f} (LRP {lrp['auc']:.3f}), "
-                  f"{rows[name]['cost']['seconds']:.0f} s", flush=True)
-            # Saved after every variant, so that an interrupted run keeps what it measured.
-            results["models"][model] = {"image_size": spec["image_size"], "runs": {
-                name: {"auc": r["auc"], "harmonic_mean_auc": r["harmonic_mean_auc"],
-                       "ratio_to_lrp": r["auc"] / lrp["auc"], "cost": r["cost"],
-                       "accuracy": [p["accuracy"] for p in r["curve"]]} for name, r in rows.items()}}
+        for name in todo:
+            if name == LRP:
+                run = run_one(task, base, "lrp")
+            else:
+                run = run_one(task, PruneConfig(**dict(base.to_dict(), **VARIANTS[name])), "dpx")
+            lrp_auc = run["auc"] if name == LRP else rows[LRP]["auc"]
+            rows[name] = {"auc": run["auc"], "harmonic_mean_auc": run["harmonic_mean_auc"],
+                          "ratio_to_lrp": run["auc"] / lrp_auc, "cost": run["cost"],
+                          "accuracy": [p["accuracy"] for p in run["curve"]]}
+            print(f"{model}: {name}: AUC {run['auc']:.3f} (LRP {lrp_auc:.3f}), {run['cost']['seconds']:.0f} s",
+                  flush=True)
+            # Saved after every row, so that an interrupted run keeps what it measured (--resume goes on from it).
             results["seconds"] = time.perf_counter() - started
-            write_json_atomic(results, args.out)
+            write_json_atomic(results, out)
     table = markdown(results)
     print(table)
     replace_block(args.readme, "auc-variants", table)

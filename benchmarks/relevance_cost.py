@@ -1,6 +1,6 @@
 """Cost of one LRP relevance pass against a plain forward pass on the same batch (issue 3 target: <= 3x).
 
-    python benchmarks/relevance_cost.py [--image-size 112] [--batch 32] [--repeats 7]
+    python benchmarks/relevance_cost.py [--image-size 112] [--batch 32] [--repeats 11]
 
 VGG16 (HED weights) and MobileNetV2 (ImageNet), each timed in one process, round after round in turn: the
 plain forward `model(x)` as loaded (torch's default layout), the same forward on channels-last input, and
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "relevance_cost.json"))
     parser.add_argument("--readme", default=str(ROOT / "README.md"))
     args = parser.parse_args(argv)

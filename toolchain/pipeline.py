@@ -416,8 +416,8 @@ def prune(task: Task, config: PruneConfig, progress: bool = True) -> PruneResult
     removed = 0
     for end in ends:
         goal = end - removed
-        bar.update(1)
         if goal <= 0:  # chunks larger than a step: the last one already went past this step's end
+            bar.update(1)
             continue
         scores = filter_scores(config.method, model, task, config, progress, generator)
         passes += config.method == "lrp"
@@ -431,6 +431,7 @@ def prune(task: Task, config: PruneConfig, progress: bool = True) -> PruneResult
             graph.prune(root, channels)
         removed = graph.original_filters - graph.filters
         curve.append(curve_point(model, graph, task, example, config.ablations))
+        bar.update(1)
         bar.set_postfix(rate=f"{graph.pruned_fraction:.3f}", acc=f"{curve[-1]['accuracy']:.3f}", refresh=False)
     bar.close()
     return PruneResult(model, graph, curve, time.perf_counter() - started, passes)
