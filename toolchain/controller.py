@@ -18,16 +18,16 @@ The loop (every number below is a `ControllerConfig` field):
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Hashable, Protocol
 
 from runtime_bench.errors import InputError
 
-RESCORE_CHOICES = ("accepted", "step", "never")
+from .curves import RATE_TOLERANCE, step_ends
 
-# Pruned fractions are floats computed by the pruner; counts of filters are compared as integers.
-_RATE_TOLERANCE = 1e-9
+RESCORE_CHOICES = ("accepted", "step", "never")
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,8 @@ class _Controller:
             raise InputError(f"controller: the model has {self.original} conv filters to prune")
         self.s_max_filters = max(1, round(config.s_max * self.original))
         # Integer target: comparing filter counts avoids float drift in pruned_fraction.
-        self.target_removed = math.ceil(config.p_max * self.original - _RATE_TOLERANCE)
+        self.target_removed = math.ceil(config.p_max * self.original - RATE_TOLERANCE)
+        self.step_ends = step_ends(config.s_max, self.original, self.target_removed)
         self.ranking: list[Unit] = []  # current ranking; refreshed after every commit and rescore
         self.removed_at_rescore = 0  # filters removed when relevance was last computed
 
@@ -185,13 +186,6 @@ class _Controller:
             if not _is_int(unit.filters) or unit.filters < 1:
                 raise InputError(f"controller: unit {unit.key!r} removes {unit.filters} filters; must be >= 1")
         return units
-
-    def next_boundary(self, removed: int) -> int:
-        """The first multiple of s_max (in filters, rounded) above `removed`, capped at the p_max target."""
-        k = math.floor(removed / (self.config.s_max * self.original)) + 1
-        while round(k * self.config.s_max * self.original) <= removed:
-            k += 1
-        return min(self.target_removed, round(k * self.config.s_max * self.original))
 
     def removed(self) -> int:
         return round(self.model.pruned_fraction() * self.original)
@@ -238,9 +232,8 @@ class _Controller:
                 )
                 break
             rate_before = float(self.model.pruned_fraction())
-            # Never ask past the next multiple of s_max (of the ORIGINAL filters) nor past p_max: the curve is
-            # read on that grid, and overshoots that added up would put a state a whole step off its grid rate.
-            wanted = min(step, self.next_boundary(removed) - removed)
+            # Never ask past the end of the grid step it is in (see step_ends): the curve is read on that grid.
+            wanted = min(step, self.step_ends[bisect.bisect_right(self.step_ends, removed)] - removed)
             candidate = _lowest_covering(ranking, wanted)
             a_new = self.measure_without(candidate)
             threshold = config.tau * a_start if config.tau is not None else a_prev - config.delta

@@ -30,6 +30,15 @@ def rate_grid(p_max: float = 0.9, step: float = 0.05) -> list[float]:
     return [round(i * step, 10) for i in range(count + 1)]
 
 
+def step_ends(step: float, original: int, target: int) -> list[int]:
+    """The filters removed when step k = 1, 2, ... of the grid ends: round(k x step x original), capped at
+    `target`. Whole chunks overshoot a step's end a little; ending every step here, rather than a step past
+    where the last one ended, keeps the overshoots from adding up (by 45% a whole step off the grid)."""
+    per_step = step * original
+    count = math.ceil(target / per_step - RATE_TOLERANCE)
+    return [end for end in (min(target, round(k * per_step)) for k in range(1, count + 1)) if end > 0]
+
+
 def _trapezoid(values: Sequence[float], grid: Sequence[float]) -> float:
     return sum((grid[i + 1] - grid[i]) * (values[i] + values[i + 1]) / 2 for i in range(len(grid) - 1))
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .head import head_features
+from .surgery import is_depthwise
 
 Zeroed = Dict[nn.Module, List[int]]  # reading layer -> its input channels to zero (conv: dim 1, linear: last)
 
@@ -62,7 +63,7 @@ class HeadInputCache:
         # Channels-last activations where the model has depthwise convs: oneDNN runs those several times
         # faster on them (MobileNetV2, 100 images at 96 px: a forward 2.1x faster). Not for dense convs: with
         # their weights in the default layout each call would reorder them (VGG16 at 32 px: 2x slower).
-        depthwise = any(isinstance(m, nn.Conv2d) and 1 < m.groups == m.in_channels for m in model.modules())
+        depthwise = any(is_depthwise(m) for m in model.modules())
         self.images = images.contiguous(memory_format=torch.channels_last) if depthwise and images.ndim == 4 \
             else images
         self.head = model.get_submodule(head_name)

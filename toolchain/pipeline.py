@@ -8,7 +8,6 @@ shrunk model after every step, until `rate` of the filters are gone; it records 
 from __future__ import annotations
 
 import copy
-import math
 import pathlib
 import sys
 import time
@@ -24,7 +23,7 @@ from runtime_bench.accuracy import classification_metrics
 from runtime_bench.errors import InputError
 
 from .controller import ControllerConfig, Unit, run_controller
-from .curves import class_averaged_auc, rate_grid, state_at_rates
+from .curves import class_averaged_auc, rate_grid, state_at_rates, step_ends
 from .data import (
     Preprocessing,
     check_same_classes,
@@ -404,15 +403,10 @@ def prune(task: Task, config: PruneConfig, progress: bool = True) -> PruneResult
     generator = torch.Generator().manual_seed(config.seed)
     target = int(round(config.rate * graph.original_filters))
     check_reachable(graph, target, config)
-    # Step k ends at k x step of the ORIGINAL filters: whole chunks overshoot a little, and the overshoot must
-    # not add up (by 45% it would be a whole step ahead of the grid its curve is read on).
-    step_filters = config.step * graph.original_filters
-    ends = [min(target, round(k * step_filters)) for k in range(1, math.ceil(target / step_filters - 1e-9) + 1)]
-    ends = [end for end in ends if end > 0]
-    steps = len(ends)
+    ends = step_ends(config.step, graph.original_filters, target)
     curve = [curve_point(model, graph, task, example, config.ablations)]
     passes = 0
-    bar = tqdm(total=steps, desc=f"pruning ({config.method})", unit="step", disable=not progress)
+    bar = tqdm(total=len(ends), desc=f"pruning ({config.method})", unit="step", disable=not progress)
     removed = 0
     for end in ends:
         goal = end - removed
