@@ -1,7 +1,7 @@
 """Regenerate README.md's result tables (never typed by hand).
 
     python scripts/readme_results.py artifacts/deploy/report.json [README.md]     the deploy results
-    python scripts/readme_results.py --cascade OUT/pruned.json [README.md]         a pruning curve
+    python scripts/readme_results.py --cascade PAPER/pruned.json REFIT/pruned.json [README.md]   the cascade
 """
 
 from __future__ import annotations
@@ -12,14 +12,21 @@ import sys
 
 from readme_blocks import update_readme
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from toolchain.report import headline  # noqa: E402
+
 
 def table(report: dict) -> str:
     s, p, cfg = report["summary"], report["pruning"], report["config"]
     env = report["benchmark"]["environment"]
     rows = [
+        headline(report),
+        "",
         f"Command: `make deploy` (config `configs/default.yaml`: {cfg['model']} {cfg['weights']}, {cfg['shots']} "
-        f"images per class, {cfg['image_size']} px, method {p['method']}, rate {p['rate_requested']}, round-to "
-        f"{cfg['round_to']}); {len(report['classes'])} classes, {report['benchmark']['settings']['num_images']} test images; "
+        f"images per class, {cfg['image_size']} px, method {p['method']}, "
+        + (f"max-drop {cfg['max_drop']}" if cfg.get("max_drop") is not None else f"rate {p['rate_requested']}")
+        + f", cost {cfg.get('cost', 'filters')}, head {'re-fitted after every step' if cfg.get('refit_head') else 'fitted once'}, "
+        f"round-to {cfg['round_to']}); {len(report['classes'])} classes, {report['benchmark']['settings']['num_images']} test images; "
         f"measured on {env.get('cpu_model')}, {env.get('logical_cores')} cores, onnxruntime {env.get('onnxruntime')}.",
         "",
         "| model | conv filters | MACs | params | accuracy | harmonic mean of class accuracies | ORT CPU p50 |",
@@ -37,31 +44,39 @@ def table(report: dict) -> str:
     return "\n".join(rows)
 
 
-def curve_table(manifest: dict) -> str:
-    """The accuracy curve of one pruning run, a column per step."""
-    curve = manifest["curve"]
-    cfg = manifest["config"]
+CASCADE_FLAGS = "--max-drop none --cost filters --rate 0.3"
+
+
+def curve_table(paper: dict, refit: dict) -> str:
+    """Plain LRP pruning step by step, with the dense model's head and with the head re-fitted after every step."""
+    cfg = paper["config"]
+    columns = [p["rate"] for p in paper["curve"]]
     rows = [
-        f"Command: `edgeprune prune --config configs/default.yaml --rate {cfg['rate']} --out OUT` (method "
-        f"{cfg['method']}, {cfg['model']}, seed {cfg['seed']}); columns are the pruning steps.",
+        f"Command: `edgeprune prune --config configs/default.yaml {CASCADE_FLAGS} --no-refit-head --out OUT`, and the "
+        f"same with `--refit-head` (method {cfg['method']}, {cfg['model']}, seed {cfg['seed']}); columns are the "
+        "pruning steps, figures on the test set.",
         "",
-        "| filters removed | " + " | ".join(f"{100 * p['rate']:.0f}%" for p in curve) + " |",
-        "| --- " * (len(curve) + 1) + "|",
-        "| test accuracy | " + " | ".join(f"{p['accuracy']:.3f}" for p in curve) + " |",
-        "| harmonic mean of class accuracies | " + " | ".join(f"{p['harmonic_mean']:.3f}" for p in curve) + " |",
-        "| worst class accuracy | " + " | ".join(f"{min(p['per_class']):.3f}" for p in curve) + " |",
-        "| MACs (M) | " + " | ".join(f"{p['macs'] / 1e6:.1f}" for p in curve) + " |",
+        "| filters removed | " + " | ".join(f"{100 * r:.0f}%" for r in columns) + " |",
+        "| --- " * (len(columns) + 1) + "|",
     ]
+    for label, manifest in (("head fitted on the dense model", paper), ("head re-fitted after every step", refit)):
+        curve = manifest["curve"]
+        rows += [
+            f"| test accuracy, {label} | " + " | ".join(f"{p['accuracy']:.3f}" for p in curve) + " |",
+            f"| harmonic mean of class accuracies, {label} | "
+            + " | ".join(f"{p['harmonic_mean']:.3f}" for p in curve) + " |",
+            f"| worst class accuracy, {label} | " + " | ".join(f"{min(p['per_class']):.3f}" for p in curve) + " |",
+        ]
+    rows.append("| MACs (M) | " + " | ".join(f"{p['macs'] / 1e6:.1f}" for p in paper["curve"]) + " |")
     return "\n".join(rows)
 
 
 def main(argv) -> int:
-    cascade = len(argv) > 1 and argv[1] == "--cascade"
-    if cascade:
-        argv = argv[1:]
+    if len(argv) > 1 and argv[1] == "--cascade":
+        paper, refit = (json.loads(pathlib.Path(path).read_text()) for path in argv[2:4])
+        return update_readme(argv[4] if len(argv) > 4 else "README.md", "cascade", curve_table(paper, refit))
     data = json.loads(pathlib.Path(argv[1]).read_text())
-    return update_readme(argv[2] if len(argv) > 2 else "README.md", "cascade" if cascade else "results",
-                         curve_table(data) if cascade else table(data))
+    return update_readme(argv[2] if len(argv) > 2 else "README.md", "results", table(data))
 
 
 if __name__ == "__main__":

@@ -511,6 +511,29 @@ CATALOGUE = [
           prune("--rate", "0.9", "--round-to", "8"),
           "error: --rate 0.9: cannot be reached: at most 62.5% of the conv filters can be removed with --round-to 8 "
           "(each layer keeps at least 8 channels); lower --rate or --round-to", outcome="said before any scoring"),
+    *[Fault(f"max_drop_{value}", PRUNING, f"`--max-drop {value}`", prune("--max-drop", value),
+            f"error: --max-drop {float(value)}: must be in [0, 1) (an accuracy drop; 0.01 is one point)")
+      for value in ("1", "-0.01")],
+    *[Fault(f"max_macs_{value}", PRUNING, f"`--max-macs {value}`", prune("--max-macs", value),
+            f"error: --max-macs {float(value)}: must be in (0, 1] (a fraction of the dense model's MACs)")
+      for value in ("0", "1.5")],
+    Fault("max_macs_unreachable", PRUNING, "a MACs budget below what the smallest legal model has (`--max-macs 0.001`)",
+          prune("--max-macs", "0.001"),
+          "error: --max-macs 0.001: the dense model cannot be brought that low: with every layer at its minimum of 4 "
+          f"channels it still has {ANY} of its MACs ({ANY})", outcome="said before any scoring"),
+    Fault("max_drop_dense_fails", PRUNING, "an accuracy budget on a kept head that never predicts one class "
+          "(`--head keep --max-drop 0.01`)",
+          prune("--model", f"{TINY_CNN.rsplit(':', 1)[0]}:blind_to_last_class", "--head", "keep", "--max-drop", "0.01"),
+          "error: --max-drop 0.01: the dense model itself cannot meet it: its small-set estimate has class blue at 0, "
+          "so the harmonic mean is 0 before any pruning (more --shots, or --max-macs)"),
+    Fault("cost_latency_no_runtime", PRUNING, "`--cost latency` without a runtime to profile on",
+          prune("--cost", "latency"),
+          "error: --cost latency: needs a runtime to profile per-layer latency on: give --profile-backend (e.g. ort-cpu)"),
+    Fault("profile_backend_unknown", PRUNING, "`--cost latency --profile-backend tpu`",
+          prune("--cost", "latency", "--profile-backend", "tpu"),
+          "error: --profile-backend tpu: choose from ort-cpu"),
+    Fault("refit_head_keep", PRUNING, "`--refit-head` with `--head keep`", prune("--refit-head", "--head", "keep"),
+          "error: --refit-head: needs --head fit (--head keep keeps the model's own head)"),
     Fault("no_layer_emptied", PRUNING, "a rate that would empty layers (`--rate 0.95 --round-to 1`)",
           prune("--rate", "0.95", "--round-to", "1"), None, 0, keeps=ARTIFACT, check=no_layer_emptied,
           outcome="pruned to 95%, every layer keeps at least one channel"),

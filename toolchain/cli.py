@@ -40,6 +40,19 @@ class OneLineParser(argparse.ArgumentParser):
         raise InputError(f"{self.prog}: {message}")
 
 
+def _optional_float(text: str):
+    """A number, or 'none': a flag that can also switch off what a config file set."""
+    if text.lower() == "none":
+        return NO_VALUE
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number or 'none': {text!r}") from None
+
+
+NO_VALUE = object()  # a flag given as 'none': None in the config, which an absent flag (None) cannot say
+
+
 def _prune_options(parser: argparse.ArgumentParser) -> None:
     # Defaults are None so that a flag given on the command line is distinguishable from the config's value.
     add = parser.add_argument
@@ -53,11 +66,33 @@ def _prune_options(parser: argparse.ArgumentParser) -> None:
     add("--allow-fewer", action="store_true", default=None, help="proceed when a class has fewer than --shots")
     add("--strict", action="store_true", default=None, help="fail on unreadable images instead of skipping them")
     add("--head", choices=["fit", "keep"], help="fit a new linear head (default) or keep the model's")
+    add("--head-solver", choices=["ridge", "logistic"],
+        help="how the head is fitted: ridge (default; closed form, leave-one-out estimates) or logistic (L-BFGS)")
+    add("--refit-head", action="store_true", default=None,
+        help="re-fit the head on the small set after every pruning step (default with --head fit)")
+    add("--no-refit-head", dest="refit_head", action="store_false",
+        help="keep the head fitted on the dense model (the paper's setting)")
     add("--image-size", type=int, help="input resolution (default: the weights' own, 224)")
     add("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation mean, 0..1 pixel scale")
     add("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation std, 0..1 pixel scale")
     add("--method", help="lrp (Yeom), dpx (accuracy-aware controller over LRP), taylor, l1, random")
-    add("--rate", type=float, help="fraction of conv filters to remove, in (0, 1)")
+    add("--rate", type=float, help="fraction of conv filters to remove, in (0, 1); with a budget, the most to remove "
+        "(default 0.9 with a budget, else 0.3)")
+    add("--max-drop", type=_optional_float, metavar="D",
+        help="accuracy budget: prune as far as the small-set estimates of accuracy and of the harmonic mean of "
+             "class accuracies stay within D of the dense model's (0.01: one point); keeps the last state within it; "
+             "'none' turns off a config file's budget")
+    add("--max-macs", type=_optional_float, metavar="F",
+        help="compute budget: prune until the MACs are at most F x the dense model's, in (0, 1]")
+    add("--patience", type=int, help="with --max-drop (not dpx): steps tried past the last state within budget "
+        "before stopping (default 2); the last state within budget is kept")
+    add("--compensate", action="store_true", default=None,
+        help="re-fit the layers that read removed channels, in closed form, so that their outputs on the small set "
+             "stay close to the dense model's (no training)")
+    add("--cost", choices=["filters", "macs", "latency"],
+        help="rank channels by relevance alone (filters, default) or by relevance / the MACs or measured latency "
+             "their removal saves")
+    add("--profile-backend", help="--cost latency: the runtime the per-layer latency profile is measured on (ort-cpu)")
     add("--step", type=float, help="filters removed per step, as a fraction of the original count (0.05)")
     add("--round-to", type=int, help="keep channel counts multiples of N (default 8; 1 turns it off)")
     add("--head-rule", help="LRP rule on linear layers: epsilon (default) or zplus")
@@ -73,7 +108,11 @@ def _prune_options(parser: argparse.ArgumentParser) -> None:
     dpx.add_argument("--s-min-units", type=int, help="smallest step, in units (default 1)")
     dpx.add_argument("--rescore", choices=["accepted", "step", "never"],
                      help="recompute relevance after each commit (accepted), after each s_max of filters (step), never")
-    dpx.add_argument("--signal", help="A(M): small-accuracy (as specified), crossfit-accuracy, crossfit-probability")
+    dpx.add_argument("--signal", help="A(M): refit (default with --refit-head), small-accuracy (as specified), "
+                     "crossfit-accuracy, crossfit-probability (default without --refit-head)")
+    dpx.add_argument("--paper", action="store_true", default=None,
+                     help="the paper's exact setting: A = small-set accuracy of the head, delta 0, m 8, relevance "
+                          "after every commit, no head re-fit")
     dpx.add_argument("--class-weighted", action="store_true", default=None,
                      help="start each sample's relevance at 1 / (its class's A value): the weakest classes' filters rank higher")
 
@@ -108,7 +147,7 @@ def resolve_config(args: argparse.Namespace, config_file: pathlib.Path | None):
     for f in dataclasses.fields(PruneConfig):
         value = getattr(args, f.name, None)
         if value is not None:
-            data[f.name] = value
+            data[f.name] = None if value is NO_VALUE else value
     config = PruneConfig(**data)
     config.check()
     return config, extra
@@ -139,9 +178,11 @@ def cmd_prune(args) -> int:
     config, _ = resolve_config(args, pathlib.Path(args.config) if args.config else None)
     out = _out_dir(args.out)
     manifest = run_prune(config, out, progress=not args.quiet)
-    last = manifest["curve"][-1]
-    print(f"pruned {last['rate']:.1%} of conv filters: test accuracy {manifest['curve'][0]['accuracy']:.3f} -> "
-          f"{last['accuracy']:.3f}, MACs {manifest['curve'][0]['macs'] / 1e6:.1f}M -> {last['macs'] / 1e6:.1f}M; "
+    last, chosen = manifest["curve"][-1], manifest["chosen"]
+    print(f"pruned {last['rate']:.1%} of conv filters ({chosen['why']}): test accuracy "
+          f"{manifest['curve'][0]['accuracy']:.3f} -> {last['accuracy']:.3f} (small-set estimate "
+          f"{chosen['dense_estimate']['accuracy']:.3f} -> {chosen['estimate']['accuracy']:.3f}), MACs "
+          f"{manifest['curve'][0]['macs'] / 1e6:.1f}M -> {last['macs'] / 1e6:.1f}M ({chosen['macs_reduction']:.2f}x); "
           f"wrote {out}/pruned.json, pruned.safetensors")
     return 0
 

@@ -14,6 +14,11 @@ The loop (every number below is a `ControllerConfig` field):
         accept            if A_new >= A_prev - delta (or A_new >= tau * A_0): commit, step grows back x2
         change of RATE    elif the candidate has more than s_min_units units: halve the step
         change of ORDER   else: among the m lowest-scoring units commit the one that keeps A highest
+
+With a `floor` (the accuracy budget: A is then the budget's slack, >= 0 while the small-set estimate is
+within budget) a candidate is accepted iff A_new >= floor, and a change of order whose best unit falls
+below the floor ends the run: the model is the last state that met the budget. A model may also end the
+run by itself once its own target is met (`target_reached`, e.g. a MACs budget).
 """
 
 from __future__ import annotations
@@ -85,6 +90,8 @@ class ControllerConfig:
     m: int = 8
     # Prune up to this fraction of the original filters, so that the whole curve exists.
     p_max: float = 0.9
+    # The accuracy budget: accept iff A_new >= floor (instead of delta / tau); no unit above it ends the run.
+    floor: float | None = None
     # "accepted": recompute relevance after every committed change; "step": once at least s_max of the filters
     # went since the last pass (what Yeom's schedule pays: one pass per 5%); "never": only once at the start.
     rescore: str = "accepted"
@@ -102,6 +109,8 @@ class ControllerConfig:
             raise InputError(f"--m {self.m}: must be an integer >= 1")
         if not _is_number(self.p_max) or not 0 < self.p_max < 1:
             raise InputError(f"--p-max {self.p_max}: must be in (0, 1)")
+        if self.floor is not None and (not _is_number(self.floor) or not math.isfinite(self.floor)):
+            raise InputError(f"controller floor {self.floor}: must be a finite number")
         if self.rescore not in RESCORE_CHOICES:
             raise InputError(f"--rescore {self.rescore}: must be one of {', '.join(RESCORE_CHOICES)}")
 
@@ -236,7 +245,12 @@ class _Controller:
             wanted = min(step, self.step_ends[bisect.bisect_right(self.step_ends, removed)] - removed)
             candidate = _lowest_covering(ranking, wanted)
             a_new = self.measure_without(candidate)
-            threshold = config.tau * a_start if config.tau is not None else a_prev - config.delta
+            if config.floor is not None:
+                threshold = config.floor
+            elif config.tau is not None:
+                threshold = config.tau * a_start
+            else:
+                threshold = a_prev - config.delta
             event = {
                 "rate_before": rate_before,
                 "step_filters": wanted,
@@ -264,14 +278,25 @@ class _Controller:
                 self.emit({"kind": "reject_halve", **event, "rate_after": rate_before, "next_step_filters": step})
 
             else:
-                a_prev = self.change_order(ranking, candidate, a_new, event)
+                a_order = self.change_order(ranking, candidate, a_new, event)
+                if a_order is None:
+                    self.log.stopped_early = (
+                        f"budget: at pruning rate {rate_before:.4f} none of the {min(config.m, len(ranking))} "
+                        f"lowest-scoring units keeps A at or above the floor {config.floor:g}")
+                    break
+                a_prev = a_order
                 self.after_commit()
+            reached = getattr(self.model, "target_reached", None)
+            if reached is not None and reached():
+                self.log.stopped_early = f"target reached at pruning rate {self.model.pruned_fraction():.4f}"
+                break
 
         return self.log
 
     def change_order(self, ranking: list[Unit], candidate: list[Unit], a_candidate: float,
-                     event: dict[str, Any]) -> float:
-        """Commit, among the m lowest-scoring units, the one whose removal keeps A highest; returns A(M)."""
+                     event: dict[str, Any]) -> float | None:
+        """Commit, among the m lowest-scoring units, the one whose removal keeps A highest; returns A(M).
+        Under a floor, None (and nothing committed) when even that unit falls below it."""
         tried_a: list[float] = []
         for rank, unit in enumerate(ranking[: self.config.m]):
             if rank == 0 and candidate == [unit]:
@@ -280,6 +305,10 @@ class _Controller:
                 tried_a.append(self.measure_without([unit]))
         # Ties go to the lower rank, i.e. the order relevance suggests.
         best_rank = max(range(len(tried_a)), key=lambda rank: (tried_a[rank], -rank))
+        if self.config.floor is not None and tried_a[best_rank] < self.config.floor:
+            self.emit({"kind": "budget_end", **event, "rate_after": event["rate_before"], "tried": len(tried_a),
+                       "tried_a": tried_a})
+            return None
         chosen = ranking[best_rank]
         self.commit([chosen])
         a_now = self.measure()
@@ -309,6 +338,7 @@ def run_controller(model: PrunableModel, config: ControllerConfig | None = None,
     a_before (A to beat), a_after (A measured).
     - "accept": the candidate was committed; the step doubles again, up to s_max.
     - "reject_halve": the candidate was not committed; adds next_step_filters.
+    - "budget_end" (with a floor): no unit of the m tried stays above it; nothing was committed, the run ends.
     - "order_change": units is the one unit committed, a_after is A of the model after the commit; adds
       rejected_units, rejected_a, tried (units evaluated), chosen_rank (0 = lowest score), tried_a.
     Relevance is recomputed after each committed change except the last one, which nothing would use.

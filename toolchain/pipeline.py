@@ -19,10 +19,12 @@ import torch_pruning as tp
 from torch import nn
 from tqdm import tqdm
 
-from runtime_bench.accuracy import classification_metrics
+from runtime_bench.accuracy import classification_metrics, harmonic_mean
 from runtime_bench.errors import InputError
 
+from .compensation import Compensation
 from .controller import ControllerConfig, Unit, run_controller
+from .costs import COSTS, channel_costs
 from .curves import class_averaged_auc, rate_grid, state_at_rates, step_ends
 from .data import (
     Preprocessing,
@@ -32,10 +34,10 @@ from .data import (
     sample_k_shot,
     scan_image_folder,
 )
-from .head import fit_head
+from .head import HEAD_SOLVERS, choose_ridge_alpha, fit_head, head_features, refit_linear
 from .models import ModelSource, build_model, check_logits, find_head, is_weights_file, torchvision_weights
 from .relevance import l1_filter_scores, lrp_filter_scores, random_filter_scores, taylor_filter_scores
-from .signals import SIGNALS, ControlSignal
+from .signals import SIGNALS, AccuracyBudget, ControlSignal
 from .surgery import PruningGraph, as_selection, rank_chunks, select_channels
 
 METHODS = ("lrp", "dpx", "taylor", "l1", "random")
@@ -57,13 +59,25 @@ class PruneConfig:
     allow_fewer: bool = False
     strict: bool = False
     head: str = "fit"
+    head_solver: str = "ridge"  # see toolchain/head.py
+    refit_head: bool | None = None  # re-fit the head after every step; None: on with --head fit
     image_size: int | None = None
     mean: list[float] | None = None
     std: list[float] | None = None
     method: str = "lrp"
-    rate: float = 0.3
+    rate: float | None = None  # a cap; None: 0.9 with a budget, else 0.3
     step: float = 0.05
     round_to: int = 8
+    # Budgets: prune as far as the small-set estimate of accuracy and harmonic mean stays within max_drop
+    # of the dense model's, and/or until the MACs are at most max_macs x the dense model's.
+    max_drop: float | None = None
+    max_macs: float | None = None
+    # With --max-drop and a method without the controller: steps tried past the last state within budget
+    # before stopping (the small-set estimate is noisy: one step can dip under the floor and the next recover).
+    patience: int = 2
+    compensate: bool = False  # re-fit the layers that read removed channels (toolchain/compensation.py)
+    cost: str = "filters"  # rank by relevance / what a channel's removal saves: filters, macs, latency
+    profile_backend: str | None = None  # --cost latency: the runtime the per-layer profile is measured on
     head_rule: str = "epsilon"
     allow_fallback: bool = False  # gradient x input, with a warning, for layers without an LRP rule
     batch_size: int = 32
@@ -74,12 +88,48 @@ class PruneConfig:
     m: int = 8
     s_min_units: int = 1
     rescore: str = "accepted"
-    signal: str = "small-accuracy"  # A(M): see toolchain/signals.py
+    signal: str | None = None  # A(M), see toolchain/signals.py; None: refit with --refit-head, else crossfit-probability
     class_weighted: bool = False  # starting relevance of each sample 1 / (its class's A value)
+    # The paper's setting in one switch: the controller as specified (A = small-set accuracy of the head,
+    # delta 0, m 8, relevance after every commit) and no head re-fit.
+    paper: bool = False
     # Ablations, reported beside (never instead of) the no-fine-tuning accuracy at every curve point.
     ablations: bool = False
 
     def check(self) -> None:
+        """Validate, and resolve the defaults that depend on other options (so the hash sees them)."""
+        budget = self.max_drop is not None or self.max_macs is not None
+        if self.max_drop is not None and not (_is_fraction(self.max_drop) and 0.0 <= self.max_drop < 1.0):
+            raise InputError(f"--max-drop {self.max_drop}: must be in [0, 1) (an accuracy drop; 0.01 is one point)")
+        if self.max_macs is not None and not (_is_fraction(self.max_macs) and 0.0 < self.max_macs <= 1.0):
+            raise InputError(f"--max-macs {self.max_macs}: must be in (0, 1] (a fraction of the dense model's MACs)")
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 0:
+            raise InputError(f"--patience {self.patience}: must be an integer >= 0")
+        if self.cost not in COSTS:
+            raise InputError(f"--cost {self.cost}: choose from {', '.join(COSTS)}")
+        if self.profile_backend is not None:
+            from exporters.profile import PROFILE_BACKENDS
+
+            if self.profile_backend not in PROFILE_BACKENDS:
+                raise InputError(f"--profile-backend {self.profile_backend}: choose from {', '.join(PROFILE_BACKENDS)}")
+        if self.cost == "latency" and not self.profile_backend:
+            raise InputError("--cost latency: needs a runtime to profile per-layer latency on: give --profile-backend "
+                             "(e.g. ort-cpu)")
+        if self.head_solver not in HEAD_SOLVERS:
+            raise InputError(f"--head-solver {self.head_solver}: choose from {', '.join(HEAD_SOLVERS)}")
+        if self.paper:
+            self.refit_head, self.signal, self.delta, self.tau, self.m, self.rescore = \
+                False, "small-accuracy", 0.0, None, 8, "accepted"
+        if self.refit_head and self.head == "keep":
+            raise InputError("--refit-head: needs --head fit (--head keep keeps the model's own head)")
+        if self.refit_head is None:
+            self.refit_head = self.head == "fit"
+        if self.signal is None:
+            self.signal = "refit" if self.refit_head and self.head_solver == "ridge" else "crossfit-probability"
+        if self.signal == "refit" and not (self.refit_head and self.head_solver == "ridge"):
+            raise InputError("--signal refit: needs --refit-head and --head-solver ridge")
+        if self.rate is None:
+            self.rate = 0.9 if budget else 0.3
         if not 0.0 < self.rate < 1.0:
             raise InputError(f"--rate {self.rate}: must be between 0 and 1 (a fraction of conv filters)")
         if not 0.0 < self.step <= 1.0:
@@ -101,10 +151,15 @@ class PruneConfig:
 
     def controller_config(self) -> ControllerConfig:
         return ControllerConfig(s_max=self.step, s_min_units=self.s_min_units, delta=self.delta, tau=self.tau,
-                                m=self.m, p_max=self.rate, rescore=self.rescore)
+                                m=self.m, p_max=self.rate, rescore=self.rescore,
+                                floor=0.0 if self.max_drop is not None else None)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _is_fraction(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 @dataclass
@@ -121,6 +176,9 @@ class Task:
     test_x: torch.Tensor
     test_y: torch.Tensor
     skipped: list[str] = field(default_factory=list)
+    head_solver: str = "ridge"
+    head_alpha: float | None = None  # the ridge head's strength, chosen on the dense model (leave-one-out)
+    latency_profile: dict[str, float] | None = None  # layer -> ms on the dense model (--cost latency)
 
 
 def resolve_preprocessing(config: PruneConfig) -> Preprocessing:
@@ -189,8 +247,11 @@ def prepare(config: PruneConfig, progress: bool = True) -> Task:
                 f"--head keep: the model has {outputs} outputs but {config.data} has {len(classes)} classes; "
                 "use --head fit"
             )
+        head_alpha = None
     else:
-        fit_head(model, small_x, small_y, len(classes), head_name)
+        head_alpha = choose_ridge_alpha(head_features(model, small_x, head_name), small_y, len(classes)) \
+            if config.head_solver == "ridge" else None
+        fit_head(model, small_x, small_y, len(classes), head_name, config.head_solver, head_alpha)
     # Said once the inputs are loaded and checked, not an hour later in the manifest.
     short = [(cls, count) for cls, count in zip(classes, np.bincount([label for _, label in small],
                                                                      minlength=len(classes)))
@@ -202,7 +263,13 @@ def prepare(config: PruneConfig, progress: bool = True) -> Task:
     if skipped:
         print(f"warning: skipped {len(skipped)} unreadable image file{'s' * (len(skipped) > 1)} (first: "
               f"{skipped[0]}); --strict stops on them instead", file=sys.stderr)
-    return Task(model, source, prep, classes, head_name, small_x, small_y, test_x, test_y, skipped)
+    profile = None
+    if config.cost == "latency":
+        from exporters.profile import layer_latency_profile
+
+        profile = layer_latency_profile(model, small_x[:1], config.profile_backend)
+    return Task(model, source, prep, classes, head_name, small_x, small_y, test_x, test_y, skipped,
+                config.head_solver, head_alpha, profile)
 
 
 @torch.no_grad()
@@ -253,13 +320,16 @@ class PruneResult:
     seconds: float
     relevance_passes: int
     controller: dict | None = None  # the dpx controller's log: every accepted and rejected step
+    stopped: str | None = None  # why pruning ended before --rate (a budget), None when it reached it
+    budget: dict | None = None  # the dense model's small-set estimate that --max-drop is measured from
+    explored: list[dict] = field(default_factory=list)  # curve points past the chosen state, undone
 
 
 def ablation_accuracies(model: nn.Module, task: Task) -> dict:
     """Test accuracy after re-fitting the head, and after recalibrating BatchNorm, on the small set only."""
     classes = len(task.classes)
     refit = copy.deepcopy(model)
-    fit_head(refit, task.small_x, task.small_y, classes, task.head_name)
+    fit_head(refit, task.small_x, task.small_y, classes, task.head_name, task.head_solver, task.head_alpha)
     recal = copy.deepcopy(model)
     for m in recal.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -274,8 +344,8 @@ def ablation_accuracies(model: nn.Module, task: Task) -> dict:
             "bn_recalibrated": {k: recal_metrics[k] for k in ("accuracy", "harmonic_mean")}}
 
 
-def curve_point(model: nn.Module, graph: PruningGraph, task: Task, example: torch.Tensor,
-                ablations: bool = False) -> dict:
+def curve_point(state: PruningState) -> dict:
+    model, graph, task, example = state.task.model, state.graph, state.task, state.example
     macs, params = tp.utils.count_ops_and_params(model, example)
     test = evaluate(model, task.test_x, task.test_y, len(task.classes))
     small = evaluate(model, task.small_x, task.small_y, len(task.classes))
@@ -290,27 +360,54 @@ def curve_point(model: nn.Module, graph: PruningGraph, task: Task, example: torc
         "small_set_accuracy": small["accuracy"],
         "small_set_harmonic_mean": small["harmonic_mean"],
         "torch_latency_ms": torch_latency_ms(model, example[:1]),
+        "estimate": state.estimate(),  # small set only: what a budget decides by
     }
-    if ablations:
+    if state.config.ablations:
         point["ablations"] = ablation_accuracies(model, task)
     return point
 
 
-class TorchPrunable:
-    """The controller's view of a real model: chunks as units, A by masking, commits by shrinking.
+class PruningState:
+    """A model being pruned, with everything a step needs: the pruning graph, the head (re-fitted after
+    every step with --refit-head), the small-set estimate and budget, the MACs target, the cost model.
 
-    Scores are kept in each conv's ORIGINAL channel numbering, so they stay valid after a commit
-    shifts the current indices (needed when relevance is not recomputed after every commit).
+    It is also the controller's view of the model (`PrunableModel`): chunks as units, A by zeroing the
+    inputs a candidate would take away, commits by shrinking. Scores are kept in each conv's ORIGINAL
+    channel numbering, so they stay valid after a commit shifts the current indices (needed when
+    relevance is not recomputed after every commit).
     """
 
-    def __init__(self, task: Task, config: PruneConfig, graph: PruningGraph, scorer, record):
-        self.task, self.config, self.graph = task, config, graph
+    def __init__(self, task: Task, config: PruneConfig, progress: bool = False):
+        self.task, self.config = task, config
+        model = task.model
+        self.example = task.small_x[:2]
+        self.head = model.get_submodule(task.head_name)
+        self.graph = graph = PruningGraph(model, self.example, protected=[self.head])
         self.original_filters = graph.original_filters
-        self.scorer, self.record = scorer, record
+        self.refit = bool(config.refit_head)
+        classes = len(task.classes)
+        # The estimate a state is judged by (small set only), and the controller's own A when it differs.
+        kind = "small-accuracy" if config.head == "keep" else ("refit" if self.refit else "crossfit-accuracy")
+        self.estimator = ControlSignal(kind, model, task.head_name, task.small_x, task.small_y, classes,
+                                       alpha=task.head_alpha)
+        self.signal = self.estimator
+        if config.method == "dpx" and config.signal != kind and config.max_drop is None:
+            self.signal = ControlSignal(config.signal, model, task.head_name, task.small_x, task.small_y, classes,
+                                        alpha=task.head_alpha, head_inputs=self.estimator.head_inputs)
+        self.budget = AccuracyBudget(self.estimator, config.max_drop, task.classes) \
+            if config.max_drop is not None else None
+        self.dense_macs = self.macs()
+        if config.max_macs is not None:
+            check_macs_reachable(graph, config, self.example, self.dense_macs)
+        self.costs = channel_costs(config.cost, graph, self.example, task.latency_profile)
+        self.compensation = Compensation(self.estimator.head_inputs, skip={self.head}) if config.compensate else None
         self.scores: dict[str, torch.Tensor] = {}
-        self.head = task.model.get_submodule(task.head_name)
-        self.signal = ControlSignal(config.signal, task.model, task.head_name, task.small_x, task.small_y,
-                                    len(task.classes))
+        self.scorer = None  # set by the caller: () -> filter scores of the current model
+        self.record = lambda: None  # called after every commit
+        self.progress = progress
+
+    def macs(self) -> int:
+        return int(tp.utils.count_ops_and_params(self.task.model, self.example[:1])[0])
 
     def head_inputs(self, selection: dict[str, list[int]]) -> list[int]:
         """Positions of the head's input features that removing `selection` takes away."""
@@ -322,6 +419,56 @@ class TorchPrunable:
                     positions.extend(int(i) for i in idxs)
         return positions
 
+    def per_class_without(self, selection: dict[str, list[int]], signal: ControlSignal) -> list[float]:
+        """`signal`'s per-class values for the model with `selection` removed; leaves the model unchanged."""
+        zeroed = self.graph.zeroed_inputs(selection)
+        if zeroed is None:  # a LayerNorm reads them: only the weight mask normalises it over the kept channels
+            with self.graph.mask(selection):
+                return signal.per_class(self.head_inputs(selection), self.graph.masked_modules)
+        return signal.per_class(zeroed.get(self.head, []), zeroed=zeroed)
+
+    def value(self, per_class: list[float]) -> float:
+        """What the controller maximises: the budget's slack under a budget, else the harmonic mean."""
+        return self.budget.slack(per_class) if self.budget is not None else harmonic_mean(per_class)
+
+    def estimate(self) -> dict:
+        per_class = self.estimator.per_class()
+        return {"accuracy": self.estimator.accuracy(per_class), "harmonic_mean": harmonic_mean(per_class)}
+
+    def within_budget(self) -> bool:
+        return self.budget is None or self.budget.slack(self.estimator.per_class()) >= 0
+
+    def snapshot(self) -> tuple[nn.Module, dict[str, list[int]]]:
+        return copy.deepcopy(self.task.model), copy.deepcopy(self.graph.kept)
+
+    def restore(self, snapshot: tuple[nn.Module, dict[str, list[int]]]) -> tuple[nn.Module, PruningGraph]:
+        """The model and graph of an earlier snapshot (the state object itself is done after this)."""
+        model, kept = snapshot
+        graph = PruningGraph(model, self.example, protected=[model.get_submodule(self.task.head_name)])
+        graph.kept, graph.original_out, graph.original_filters = kept, self.graph.original_out, self.original_filters
+        return model, graph
+
+    def commit_selection(self, selection: dict[str, list[int]]) -> None:
+        positions = self.head_inputs(selection)
+        readers = [consumer for consumer, _ in self.graph._readers(selection)] if self.compensation else []
+        for signal in {id(s): s for s in (self.estimator, self.signal)}.values():
+            signal.drop_inputs(positions)
+        for root, channels in selection.items():
+            self.graph.prune(root, channels)
+        self.estimator.refresh(self.graph.pruned_modules)  # the signals share one activation cache
+        self.graph.pruned_modules = set()
+        if readers:
+            names = self.graph.names
+            self.compensation(readers, {m: self.graph.kept[names[m]] for m in readers if names[m] in self.graph.kept})
+        if self.refit:  # the next relevance pass and every later estimate read the re-fitted head
+            refit_linear(self.head, self.estimator.head_inputs(), self.task.small_y, len(self.task.classes),
+                         self.config.head_solver, self.task.head_alpha)
+        self.record()
+
+    def target_reached(self) -> bool:
+        return self.config.max_macs is not None and self.macs() <= self.config.max_macs * self.dense_macs
+
+    # The controller's interface (PrunableModel).
     def rescore(self) -> None:
         for name, score in self.scorer().items():
             full = torch.zeros(self.graph.original_out[name], dtype=torch.float64)
@@ -330,82 +477,76 @@ class TorchPrunable:
 
     def ranked_units(self) -> list[Unit]:
         current = {name: full[self.graph.kept[name]] for name, full in self.scores.items()}
-        chunks = rank_chunks(self.graph.groups(), current, self.config.round_to)
+        groups = self.graph.groups()
+        chunks = rank_chunks(groups, current, self.config.round_to, self.costs(groups) if self.costs else None)
         return [Unit(key=c, filters=c.filters, score=c.score) for c in chunks]
 
     def harmonic_mean(self) -> float:
-        return self.signal()
+        return self.value(self.signal.per_class())
 
     def harmonic_mean_without(self, units: list[Unit]) -> float:
-        selection = as_selection([u.key for u in units])
-        zeroed = self.graph.zeroed_inputs(selection)
-        if zeroed is None:  # a LayerNorm reads them: only the weight mask normalises it over the kept channels
-            with self.graph.mask(selection):
-                return self.signal(self.head_inputs(selection), self.graph.masked_modules)
-        return self.signal(zeroed.get(self.head, []), zeroed=zeroed)
+        return self.value(self.per_class_without(as_selection([u.key for u in units]), self.signal))
 
     def commit(self, units: list[Unit]) -> None:
-        selection = as_selection([u.key for u in units])
-        self.signal.drop_inputs(self.head_inputs(selection))
-        for root, channels in selection.items():
-            self.graph.prune(root, channels)
-        self.signal.refresh(self.graph.pruned_modules)
-        self.graph.pruned_modules = set()
-        self.record()
+        self.commit_selection(as_selection([u.key for u in units]))
 
     def pruned_fraction(self) -> float:
         return self.graph.pruned_fraction
 
 
 def prune_with_controller(task: Task, config: PruneConfig, progress: bool = True) -> PruneResult:
-    """--method dpx: the accuracy-aware controller of METHOD.md, LRP scores, physical shrinking."""
+    """--method dpx: the accuracy-aware controller of the method (docs/METHOD.md), LRP scores, physical shrinking."""
     started = time.perf_counter()
     model = task.model
-    example = task.small_x[:2]
-    graph = PruningGraph(model, example, protected=[model.get_submodule(task.head_name)])
+    state = PruningState(task, config, progress)
+    graph = state.graph
     controller_config = config.controller_config()
-    curve = [curve_point(model, graph, task, example, config.ablations)]
+    curve = [curve_point(state)]
     next_grid = [config.step]
 
     def record():  # a curve point each time the rate crosses the next multiple of `step`
         if graph.pruned_fraction + 1e-9 >= next_grid[0] or graph.pruned_fraction >= config.rate - 1e-9:
-            curve.append(curve_point(model, graph, task, example, config.ablations))
+            curve.append(curve_point(state))
             while next_grid[0] <= graph.pruned_fraction + 1e-9:
                 next_grid[0] += config.step
 
     def scorer():
-        weights = prunable.signal.sample_weights() if config.class_weighted else None
+        weights = state.signal.sample_weights() if config.class_weighted else None
         return filter_scores("lrp", model, task, config, progress, torch.Generator(), weights)
 
-    prunable = TorchPrunable(task, config, graph, scorer, record)
+    state.scorer, state.record = scorer, record
     bar = tqdm(total=round(100 * config.rate), desc="pruning (dpx)", unit="%", disable=not progress)
 
     def on_event(event):
         bar.n = round(100 * graph.pruned_fraction)
         bar.set_postfix(last=event["kind"], A=f"{event.get('a_after', 0):.3f}", refresh=True)
 
-    log = run_controller(prunable, controller_config, on_event)
+    log = run_controller(state, controller_config, on_event)
     bar.close()
     if curve[-1]["filters"] != graph.filters:
-        curve.append(curve_point(model, graph, task, example, config.ablations))
-    return PruneResult(model, graph, curve, time.perf_counter() - started, log.relevance_passes, log.to_dict())
+        curve.append(curve_point(state))
+    return PruneResult(model, graph, curve, time.perf_counter() - started, log.relevance_passes, log.to_dict(),
+                       stopped=log.stopped_early, budget=state.budget.dense if state.budget else None)
 
 
 def prune(task: Task, config: PruneConfig, progress: bool = True) -> PruneResult:
-    """Iterative global pruning to `config.rate`, re-scoring after every step, shrinking physically."""
+    """Iterative global pruning to `config.rate`, re-scoring after every step, shrinking physically.
+
+    With a budget (--max-drop, --max-macs) it stops before the first step that would leave the accuracy
+    budget, or after the step that meets the MACs target: the model is the last state within budget."""
     if config.method == "dpx":
         return prune_with_controller(task, config, progress)
     started = time.perf_counter()
     model = task.model
-    head = model.get_submodule(task.head_name)
-    example = task.small_x[:2]
-    graph = PruningGraph(model, example, protected=[head])
+    state = PruningState(task, config, progress)
+    graph = state.graph
     generator = torch.Generator().manual_seed(config.seed)
-    target = int(round(config.rate * graph.original_filters))
-    check_reachable(graph, target, config)
+    target = check_reachable(graph, int(round(config.rate * graph.original_filters)), config)
     ends = step_ends(config.step, graph.original_filters, target)
-    curve = [curve_point(model, graph, task, example, config.ablations)]
+    curve = [curve_point(state)]
     passes = 0
+    stopped = None
+    best = (state.snapshot(), 1) if state.budget is not None else None  # last state within budget, curve length
     bar = tqdm(total=len(ends), desc=f"pruning ({config.method})", unit="step", disable=not progress)
     removed = 0
     for end in ends:
@@ -415,33 +556,72 @@ def prune(task: Task, config: PruneConfig, progress: bool = True) -> PruneResult
             continue
         scores = filter_scores(config.method, model, task, config, progress, generator)
         passes += config.method == "lrp"
-        selection = select_channels(graph.groups(), scores, goal, config.round_to)
+        groups = graph.groups()
+        selection = select_channels(groups, scores, goal, config.round_to, state.costs(groups) if state.costs else None)
         if not selection:  # check_reachable said this cannot happen; never loop forever if it is wrong
             raise InputError(
                 f"--rate {config.rate}: cannot be reached: after {graph.pruned_fraction:.1%} every layer is at its "
                 f"minimum of {config.round_to} channels; lower --rate or --round-to"
             )
-        for root, channels in selection.items():
-            graph.prune(root, channels)
+        state.commit_selection(selection)
         removed = graph.original_filters - graph.filters
-        curve.append(curve_point(model, graph, task, example, config.ablations))
+        curve.append(curve_point(state))
         bar.update(1)
         bar.set_postfix(rate=f"{graph.pruned_fraction:.3f}", acc=f"{curve[-1]['accuracy']:.3f}", refresh=False)
+        if best is not None:
+            if state.within_budget():
+                best = (state.snapshot(), len(curve))
+            elif len(curve) - best[1] > config.patience:
+                stopped = (f"budget: the small-set estimate left --max-drop {config.max_drop} for {config.patience + 1} "
+                           f"steps in a row; kept the last state within it")
+                break
+        if state.target_reached():
+            stopped = f"target reached: MACs at most --max-macs {config.max_macs} of the dense model's"
+            break
     bar.close()
-    return PruneResult(model, graph, curve, time.perf_counter() - started, passes)
+    explored = []
+    if best is not None and best[1] < len(curve):  # the steps past the last state within budget: undone
+        if stopped is None:
+            stopped = f"budget: the last {len(curve) - best[1]} steps to --rate {config.rate} left --max-drop; kept the last state within it"
+        model, graph = state.restore(best[0])
+        curve, explored = curve[: best[1]], curve[best[1]:]
+    return PruneResult(model, graph, curve, time.perf_counter() - started, passes, stopped=stopped,
+                       budget=state.budget.dense if state.budget else None, explored=explored)
 
 
-def check_reachable(graph: PruningGraph, target: int, config: PruneConfig) -> None:
-    """Before any scoring: can `target` filters go at all, with every group keeping its `round_to` channels?"""
+def check_macs_reachable(graph: PruningGraph, config: PruneConfig, example: torch.Tensor, dense_macs: int) -> None:
+    """--max-macs below what the model has left with every removable chunk gone (each layer keeps
+    `round_to` channels) cannot be met: say so before any pruning."""
+    floor_model = copy.deepcopy(graph.model)
+    floor_graph = PruningGraph(floor_model, example, protected=[floor_model.get_submodule(
+        graph.names[graph.protected[0]])] if graph.protected else [])
+    groups = floor_graph.groups()
+    zeros = {member: torch.zeros(group.size) for group in groups for member in group.members}
+    for root, channels in as_selection(rank_chunks(groups, zeros, config.round_to)).items():
+        floor_graph.prune(root, channels)
+    least = int(tp.utils.count_ops_and_params(floor_model, example[:1])[0])
+    if least > config.max_macs * dense_macs:
+        raise InputError(
+            f"--max-macs {config.max_macs}: the dense model cannot be brought that low: with every layer at its "
+            f"minimum of {config.round_to} channels it still has {least / dense_macs:.3f} of its MACs "
+            f"({least / 1e6:.1f} M of {dense_macs / 1e6:.1f} M)")
+
+
+def check_reachable(graph: PruningGraph, target: int, config: PruneConfig) -> int:
+    """Before any scoring: can `target` filters go at all, with every group keeping its `round_to` channels?
+    With a budget `--rate` is only a cap: the target is then what can go, at most. Returns the target."""
     groups = graph.groups()
     zeros = {member: torch.zeros(group.size) for group in groups for member in group.members}
     removable = sum(chunk.filters for chunk in rank_chunks(groups, zeros, config.round_to))
+    if config.max_drop is not None or config.max_macs is not None:
+        return min(target, removable)
     if target > removable:
         raise InputError(
             f"--rate {config.rate}: cannot be reached: at most {removable / graph.original_filters:.1%} of the conv "
             f"filters can be removed with --round-to {config.round_to} (each layer keeps at least "
             f"{config.round_to} channels); lower --rate or --round-to"
         )
+    return target
 
 
 AUC_SNAP = 0.01  # a step lands slightly above its grid rate (whole chunks are removed); it stands for it
@@ -462,6 +642,29 @@ def curve_auc(curve: list[dict], step: float, p_max: float) -> dict | None:
     return dict(auc, grid=grid, rates_used=[s["rate"] for s in states],
                 harmonic_mean_auc=float(np.trapezoid(harmonic, grid) / p_max),
                 reached=curve[-1]["rate"] >= p_max - AUC_SNAP)
+
+
+def chosen_state(curve: list[dict], classes: list[str], config: PruneConfig, result: PruneResult) -> dict:
+    """The state the run ends on, what the small set said of it, what the test set says, and the gap."""
+    dense, last = curve[0], curve[-1]
+
+    def worst(point):
+        c = min(range(len(classes)), key=lambda k: point["per_class"][k])
+        return {"class": classes[c], "accuracy": point["per_class"][c]}
+
+    return {
+        "rate": last["rate"],
+        "filters": last["filters"],
+        "macs": last["macs"],
+        "macs_reduction": dense["macs"] / last["macs"],
+        "why": result.stopped or f"reached --rate {config.rate}",
+        "budget": {"max_drop": config.max_drop, "max_macs": config.max_macs, "dense_estimate": result.budget},
+        "estimate": last["estimate"],
+        "dense_estimate": dense["estimate"],
+        "test": {"accuracy": last["accuracy"], "harmonic_mean": last["harmonic_mean"], "worst": worst(last)},
+        "dense_test": {"accuracy": dense["accuracy"], "harmonic_mean": dense["harmonic_mean"], "worst": worst(dense)},
+        "estimate_minus_test": {k: last["estimate"][k] - last[k] for k in ("accuracy", "harmonic_mean")},
+    }
 
 
 def config_hash(config: PruneConfig) -> str:
@@ -489,6 +692,8 @@ def manifest_for(task: Task, config: PruneConfig, result: PruneResult) -> dict:
         "auc": curve_auc(result.curve, config.step, config.rate),
         "cost": {"seconds": round(result.seconds, 2), "relevance_passes": result.relevance_passes},
         "controller": result.controller,
+        "chosen": chosen_state(result.curve, task.classes, config, result),
+        "explored": result.explored,
         "skipped_images": task.skipped,
         "images": {"small": len(task.small_y), "test": len(task.test_y)},
     }

@@ -9,7 +9,10 @@ report.json, schema_version "1":
   export: {dense: {...parity gate}, pruned: {...parity gate}}
   benchmark: runtime_bench report (ONNX Runtime, dense vs pruned timed alternately; accuracy per model)
   summary: {accuracy_dense, accuracy_pruned, harmonic_mean_dense, harmonic_mean_pruned, p50_ms_dense,
-            p50_ms_pruned, speedup_p50, speedup_low, speedup_high, macs_reduction, speedup_over_macs}
+            p50_ms_pruned, speedup_p50, speedup_low, speedup_high, macs_reduction, speedup_over_macs,
+            worst_class_dense, worst_class_pruned: {class, accuracy} (ONNX Runtime, test set)}
+  chosen: pruned.json's `chosen` (the state the run ended on, why, its small-set estimate, its test
+          figures in PyTorch, estimate minus test)
   tensorrt (only when engines were built): toolchain.engines.evaluate_engines: {engines: label -> build
             record, accuracy: label -> engine next to its FP32 ONNX model, benchmarks: precision ->
             runtime_bench report of the dense and pruned engines}
@@ -49,6 +52,8 @@ def build_report(out: pathlib.Path, export: dict, bench: dict, config: dict) -> 
         "speedup_high": comparison.get("high"),
         "macs_reduction": macs_reduction,
         "speedup_over_macs": None if speedup is None else speedup / macs_reduction,
+        **{f"worst_class_{label}": _worst(models[label]["accuracy"]["per_class"], manifest["classes"])
+           for label in ("dense", "pruned")},
     }
     return {
         "schema_version": SCHEMA_VERSION,
@@ -71,6 +76,7 @@ def build_report(out: pathlib.Path, export: dict, bench: dict, config: dict) -> 
             "relevance_passes": manifest["cost"]["relevance_passes"],
             "plan_layers": len(manifest["plan"]),
         },
+        "chosen": manifest.get("chosen"),
         "curve": curve,
         "export": export,
         "benchmark": bench,
@@ -82,15 +88,60 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
+def _worst(per_class: list[float], classes: list[str]) -> dict:
+    c = min(range(len(classes)), key=lambda k: per_class[k])
+    return {"class": classes[c], "accuracy": per_class[c]}
+
+
+def _estimate(estimate: dict | None) -> str:
+    return "" if not estimate else f"{estimate['accuracy']:.3f} / {estimate['harmonic_mean']:.3f}"
+
+
+def headline(report: dict) -> str:
+    """The one line a user reads first."""
+    s = report["summary"]
+    wd, wp = s["worst_class_dense"], s["worst_class_pruned"]
+    return (f"**{s['macs_reduction']:.2f}x fewer MACs, {s['speedup_p50']:.2f}x faster** (ONNX Runtime CPU p50); "
+            f"accuracy {s['accuracy_dense']:.3f} -> {s['accuracy_pruned']:.3f}, harmonic mean of class accuracies "
+            f"{s['harmonic_mean_dense']:.3f} -> {s['harmonic_mean_pruned']:.3f}, worst class {wd['class']} "
+            f"{wd['accuracy']:.3f} -> {wp['class']} {wp['accuracy']:.3f}.")
+
+
+def chosen_lines(chosen: dict | None) -> list:
+    """Markdown: which state was kept and why, what the small set said of it and what the test set says."""
+    if not chosen:
+        return []
+    e, t, de, dt = chosen["estimate"], chosen["test"], chosen["dense_estimate"], chosen["dense_test"]
+    gap = chosen["estimate_minus_test"]
+    budget = chosen["budget"]
+    asked = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in budget.items() if k != "dense_estimate" and v is not None)
+    return [
+        "## The chosen state", "",
+        f"{_pct(chosen['rate'])} of conv filters removed, {chosen['macs_reduction']:.2f}x fewer MACs"
+        f"{f' (budget {asked})' if asked else ''}: {chosen['why']}. The small-set estimate decided; the test set "
+        "only reports.", "",
+        "| | small-set estimate (accuracy / harmonic mean) | test (accuracy / harmonic mean) |",
+        "| --- | --- | --- |",
+        f"| dense | {de['accuracy']:.3f} / {de['harmonic_mean']:.3f} | {dt['accuracy']:.3f} / {dt['harmonic_mean']:.3f} |",
+        f"| chosen | {e['accuracy']:.3f} / {e['harmonic_mean']:.3f} | {t['accuracy']:.3f} / {t['harmonic_mean']:.3f} |",
+        "",
+        f"Estimate minus test at the chosen state: accuracy {100 * gap['accuracy']:+.1f} pt, harmonic mean "
+        f"{100 * gap['harmonic_mean']:+.1f} pt.", "",
+    ]
+
+
 def to_markdown(report: dict) -> str:
     s, p = report["summary"], report["pruning"]
     env = report["benchmark"]["environment"]
     lines = [
         f"# edgeprune report: {report['source']['model']} ({report['source'].get('weights')})",
         "",
+        headline(report),
+        "",
         f"Method `{p['method']}`, {_pct(p['rate_achieved'])} of conv filters removed "
         f"({p['filters_before']} -> {p['filters_after']}), {p['seconds']:.0f} s, "
-        f"{p['relevance_passes']} relevance passes. No fine-tuning: only the linear head was fitted.",
+        f"{p['relevance_passes']} relevance passes. No fine-tuning: only the linear head was fitted"
+        f"{' (and re-fitted after every step)' if report['config'].get('refit_head') else ''}.",
         "",
         "| model | accuracy | harmonic mean | MACs | params | ORT p50 (ms) |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -107,15 +158,16 @@ def to_markdown(report: dict) -> str:
     ]
     for warning in env.get("warnings", []):
         lines.append(f"> warning: {warning}")
-    lines += ["", "## Accuracy along the pruning steps (PyTorch, test set)", "",
-              "| rate | MACs (M) | accuracy | harmonic mean | worst class | PyTorch ms |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += ["", *chosen_lines(report.get("chosen")), "## Accuracy along the pruning steps (PyTorch, test set)", "",
+              "| rate | MACs (M) | accuracy | harmonic mean | worst class | small-set estimate (accuracy / harmonic mean) | PyTorch ms |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     classes = report["classes"]
     for point in report["curve"]:
         worst = min(range(len(classes)), key=lambda c: point["per_class"][c])
         lines.append(
             f"| {_pct(point['rate'])} | {point['macs'] / 1e6:.1f} | {_pct(point['accuracy'])} | "
             f"{point['harmonic_mean']:.3f} | {classes[worst]} {_pct(point['per_class'][worst])} | "
-            f"{point['torch_latency_ms']:.2f} |"
+            f"{_estimate(point.get('estimate'))} | {point['torch_latency_ms']:.2f} |"
         )
     if report.get("tensorrt"):
         lines += ["", *tensorrt_table(report["tensorrt"])]

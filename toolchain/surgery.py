@@ -409,8 +409,12 @@ class Chunk:
     score: float  # mean channel score
 
 
-def rank_chunks(groups: Sequence[ChannelGroup], scores: dict[str, torch.Tensor], round_to: int = 1) -> list[Chunk]:
+def rank_chunks(groups: Sequence[ChannelGroup], scores: dict[str, torch.Tensor], round_to: int = 1,
+                costs: dict[str, float] | None = None) -> list[Chunk]:
     """All removable chunks, lowest score first.
+
+    `costs` (group root -> what removing one of its channels saves, see toolchain/costs.py): channel
+    scores are divided by it, so that expensive channels of little relevance go first.
 
     A channel's score is the sum of its member layers' scores (METHOD.md: group score = sum). With
     `round_to` N, channels leave a group in chunks of N (lowest first; the first chunk aligns the count
@@ -426,6 +430,8 @@ def rank_chunks(groups: Sequence[ChannelGroup], scores: dict[str, torch.Tensor],
     ranked = []  # (score, group index, position, chunk)
     for gi, group in enumerate(groups):
         channel_scores = sum(scores[m].to(torch.float64) for m in group.members)
+        if costs is not None:
+            channel_scores = channel_scores / costs[group.root]
         stripes = group.stripes
         width = group.size // stripes
         stripe_scores = channel_scores.view(stripes, width).sum(0)
@@ -467,9 +473,10 @@ def select_channels(
     scores: dict[str, torch.Tensor],
     filters_to_remove: int,
     round_to: int = 1,
+    costs: dict[str, float] | None = None,
 ) -> dict[str, list[int]]:
     """Globally pick the lowest-scoring chunks until `filters_to_remove` conv filters are covered."""
-    return as_selection(lowest_chunks(rank_chunks(groups, scores, round_to), filters_to_remove))
+    return as_selection(lowest_chunks(rank_chunks(groups, scores, round_to, costs), filters_to_remove))
 
 
 @contextlib.contextmanager
