@@ -9,9 +9,9 @@ two runs from the same dense model and head:
 - the budget run, `--max-drop 0.01`: what a user gets. The state it keeps is chosen from the small set
   alone; its test accuracy and harmonic mean, its MACs reduction and its ONNX Runtime CPU p50 speedup
   over the dense model (both exported, parity-gated, timed alternately at batch 1) are reported;
-- the sweep without a budget to `--sweep-rate`: the oracle, the state with the most MACs reduction whose
-  TEST accuracy and harmonic mean are each within one point of dense (for reference only: a user has no
-  test set).
+- the oracle along the same trajectory (the states the budget run kept and the steps it tried past them):
+  the state with the most MACs reduction whose TEST accuracy and harmonic mean are each within one point
+  of dense (for reference only: a user has no test set).
 Writes benchmarks/results/budget_study.json after every run, and the README block budget-study.
 """
 
@@ -37,14 +37,14 @@ from toolchain.pipeline import PruneConfig, prepare, prune  # noqa: E402
 
 HED = str(ROOT / "benchmarks" / "hed_vgg16.py") + ":build"
 MODELS = {
-    "mobilenet_v2": {"model": "mobilenet_v2", "weights": "IMAGENET1K_V1", "image_size": 112, "sweep_rate": 0.6},
+    "mobilenet_v2": {"model": "mobilenet_v2", "weights": "IMAGENET1K_V1", "image_size": 112},
     "vgg16_hed": {"model": HED, "weights": None, "image_size": 64, "mean": [122.7 / 255, 116.7 / 255, 104.0 / 255],
-                  "std": [1 / 255] * 3, "sweep_rate": 0.9},
+                  "std": [1 / 255] * 3},
 }
 # method/head/cost. head: "paper" (fitted once on the dense model), "refit" (re-fitted after every step),
 # "refit+comp" (and the layers reading removed channels compensated, --compensate).
-VARIANTS = ("lrp/refit+comp/macs", "lrp/refit+comp/latency", "lrp/refit+comp/filters", "lrp/refit/macs",
-            "lrp/refit/filters", "lrp/paper/filters", "lrp/paper/macs", "dpx/refit+comp/macs")
+VARIANTS = ("lrp/refit+comp/macs", "lrp/refit+comp/filters", "lrp/refit/macs", "lrp/paper/filters",
+            "lrp/refit+comp/latency", "dpx/refit+comp/macs")
 MAX_LOSS = 0.01
 
 
@@ -96,7 +96,7 @@ def oracle(curve: list[dict]) -> dict:
             "harmonic_mean": best["harmonic_mean"]}
 
 
-def run_variant(task, base: PruneConfig, variant: str, sweep_rate: float) -> dict:
+def run_variant(task, base: PruneConfig, variant: str) -> dict:
     import torch
 
     budget_config = variant_config(base, variant, max_drop=MAX_LOSS, rate=None)
@@ -107,7 +107,6 @@ def run_variant(task, base: PruneConfig, variant: str, sweep_rate: float) -> dic
     dense_point, chosen = result.curve[0], result.curve[-1]
     with torch.no_grad():
         speed = ort_speedup(dense, result.model, task.test_x.numpy(), task.test_y.numpy(), len(task.classes))
-    sweep = prune(fresh(task), variant_config(base, variant, rate=sweep_rate), progress=False)
     return {
         "variant": variant,
         "seconds": round(seconds, 1),
@@ -118,8 +117,9 @@ def run_variant(task, base: PruneConfig, variant: str, sweep_rate: float) -> dic
                    "worst_class": min(chosen["per_class"]), "estimate": chosen["estimate"],
                    "estimate_minus_test": chosen["estimate"]["accuracy"] - chosen["accuracy"]},
         "ort": speed,
-        "oracle": oracle(sweep.curve),
-        "sweep": [{k: p[k] for k in ("rate", "macs", "accuracy", "harmonic_mean", "estimate")} for p in sweep.curve],
+        "oracle": oracle(result.curve + result.explored),
+        "trajectory": [{k: p[k] for k in ("rate", "macs", "accuracy", "harmonic_mean", "estimate")}
+                       for p in result.curve + result.explored],
     }
 
 
@@ -136,8 +136,8 @@ def markdown(study: dict) -> str:
         f"{s['test_size']} test images, `--max-drop {MAX_LOSS}`, step {s['step']}, round-to {s['round_to']}, seeds "
         f"{s['seeds']}; mean +- std over seeds; {study['seconds']:.0f} s in all. **Chosen**: the state the budget "
         "run keeps, decided from the small set alone (what a user gets); its test figures are reported, never "
-        "used. **Oracle**: the most-reduced state of a sweep without budget whose test accuracy and harmonic mean "
-        "are each within 1 point of dense (for reference). Differences are pruned minus dense, in points.",
+        "used. **Oracle**: the most-reduced state along the same trajectory (kept and explored steps) whose test "
+        "accuracy and harmonic mean are each within 1 point of dense (for reference). Differences are pruned minus dense, in points.",
         "",
         "| model (input) | method / head / cost | chosen: MACs reduction | ORT CPU p50 speedup | test accuracy "
         "change | harmonic mean change | estimate minus test (mean, worst) | oracle: MACs reduction | budget run (s) |",
@@ -206,8 +206,7 @@ def main(argv=None) -> int:
     done = {(r["model"], r["seed"], r["variant"]) for r in study["runs"]}
     started = time.perf_counter() - study["seconds"]
     for model in args.models.split(","):
-        spec = dict(MODELS[model])
-        sweep_rate = spec.pop("sweep_rate")
+        spec = MODELS[model]
         for seed in seeds:
             todo = [v for v in args.variants.split(",") if (model, seed, v) not in done]
             if not todo:
@@ -216,7 +215,7 @@ def main(argv=None) -> int:
                                step=args.step, round_to=args.round_to, seed=seed, **spec)
             task = prepare(base, progress=False)
             for variant in todo:
-                run = dict(run_variant(task, base, variant, sweep_rate), model=model, seed=seed)
+                run = dict(run_variant(task, base, variant), model=model, seed=seed)
                 study["runs"].append(run)
                 study["summary"] = summarize(study["runs"])
                 study["seconds"] = time.perf_counter() - started
