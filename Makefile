@@ -14,7 +14,7 @@ SSHD := /usr/sbin/sshd
 # `make deploy DEVICE=user@host[:port]` also benchmarks the bundle on that device over SSH.
 DEVICE ?=
 
-.PHONY: deploy test bench lint clean assets check-minimal harness-truth study
+.PHONY: deploy test bench lint clean assets check-minimal harness-truth study budget-study
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -66,6 +66,10 @@ harness-truth: $(STAMP)
 
 study: $(STAMP) | $(FASHION_MNIST)
 	$(PY) benchmarks/auc_study.py
+
+# The smallest model within a point of dense, chosen from the small set (README: budget study).
+budget-study: $(STAMP) | $(FASHION_MNIST)
+	$(PY) benchmarks/budget_study.py --resume
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check toolchain exporters runtime_bench tests benchmarks scripts

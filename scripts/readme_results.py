@@ -44,7 +44,7 @@ def table(report: dict) -> str:
     return "\n".join(rows)
 
 
-CASCADE_FLAGS = "--max-drop none --cost filters --rate 0.3"
+CASCADE_FLAGS = "--max-drop none --cost filters --no-compensate --rate 0.3"
 
 
 def curve_table(paper: dict, refit: dict) -> str:

@@ -229,3 +229,22 @@ def test_compensation_brings_a_pruned_layer_back_towards_its_dense_output():
     assert compensation([reader], {}) == [reader]
     after = float((cache.values[node] - compensation.dense[reader]).pow(2).mean())
     assert after < 0.5 * before
+
+
+def test_latency_cost_splits_each_layers_measured_time_like_its_macs():
+    """A profile that says every layer takes k ms per million MACs gives k x 1e-6 the MACs costs; a layer the
+    profile makes twice as slow doubles its share."""
+    model = tiny_cnn()
+    example = torch.randn(2, 3, 32, 32)
+    graph = PruningGraph(model, example, protected=[model[-1]])
+    groups = graph.groups()
+    macs = channel_costs("macs", graph, example)(groups)
+    positions = output_positions(model, example)
+    profile = {name: 3e-6 * layer_macs(m, positions[m]) for name, m in model.named_modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear))}
+    latency = channel_costs("latency", graph, example, profile)(groups)
+    for root in macs:
+        assert latency[root] == pytest.approx(3e-6 * macs[root])
+    profile["7"] *= 2  # conv 7 is slower than its MACs say: the channels it produces (root 7) cost more
+    slower = channel_costs("latency", graph, example, profile)(groups)
+    assert slower["7"] > latency["7"] and slower["0"] == pytest.approx(latency["0"])

@@ -70,7 +70,7 @@ def _prune_options(parser: argparse.ArgumentParser) -> None:
         help="how the head is fitted: ridge (default; closed form, leave-one-out estimates) or logistic (L-BFGS)")
     add("--refit-head", action="store_true", default=None,
         help="re-fit the head on the small set after every pruning step (default with --head fit)")
-    add("--no-refit-head", dest="refit_head", action="store_false",
+    add("--no-refit-head", dest="refit_head", action="store_false", default=None,
         help="keep the head fitted on the dense model (the paper's setting)")
     add("--image-size", type=int, help="input resolution (default: the weights' own, 224)")
     add("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation mean, 0..1 pixel scale")
@@ -89,6 +89,7 @@ def _prune_options(parser: argparse.ArgumentParser) -> None:
     add("--compensate", action="store_true", default=None,
         help="re-fit the layers that read removed channels, in closed form, so that their outputs on the small set "
              "stay close to the dense model's (no training)")
+    add("--no-compensate", dest="compensate", action="store_false", default=None, help="turn off a config file's --compensate")
     add("--cost", choices=["filters", "macs", "latency"],
         help="rank channels by relevance alone (filters, default) or by relevance / the MACs or measured latency "
              "their removal saves")

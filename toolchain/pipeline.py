@@ -178,7 +178,6 @@ class Task:
     skipped: list[str] = field(default_factory=list)
     head_solver: str = "ridge"
     head_alpha: float | None = None  # the ridge head's strength, chosen on the dense model (leave-one-out)
-    latency_profile: dict[str, float] | None = None  # layer -> ms on the dense model (--cost latency)
 
 
 def resolve_preprocessing(config: PruneConfig) -> Preprocessing:
@@ -263,13 +262,8 @@ def prepare(config: PruneConfig, progress: bool = True) -> Task:
     if skipped:
         print(f"warning: skipped {len(skipped)} unreadable image file{'s' * (len(skipped) > 1)} (first: "
               f"{skipped[0]}); --strict stops on them instead", file=sys.stderr)
-    profile = None
-    if config.cost == "latency":
-        from exporters.profile import layer_latency_profile
-
-        profile = layer_latency_profile(model, small_x[:1], config.profile_backend)
     return Task(model, source, prep, classes, head_name, small_x, small_y, test_x, test_y, skipped,
-                config.head_solver, head_alpha, profile)
+                config.head_solver, head_alpha)
 
 
 @torch.no_grad()
@@ -360,7 +354,7 @@ def curve_point(state: PruningState) -> dict:
         "small_set_accuracy": small["accuracy"],
         "small_set_harmonic_mean": small["harmonic_mean"],
         "torch_latency_ms": torch_latency_ms(model, example[:1]),
-        "estimate": state.estimate(),  # small set only: what a budget decides by
+        "estimate": state.estimator.estimate(),  # small set only: what a budget decides by
     }
     if state.config.ablations:
         point["ablations"] = ablation_accuracies(model, task)
@@ -374,10 +368,11 @@ class PruningState:
     It is also the controller's view of the model (`PrunableModel`): chunks as units, A by zeroing the
     inputs a candidate would take away, commits by shrinking. Scores are kept in each conv's ORIGINAL
     channel numbering, so they stay valid after a commit shifts the current indices (needed when
-    relevance is not recomputed after every commit).
+    relevance is not recomputed after every commit). With --compensate a candidate is judged without the
+    compensation its commit will bring (one closed-form solve per reading layer is too dear per candidate).
     """
 
-    def __init__(self, task: Task, config: PruneConfig, progress: bool = False):
+    def __init__(self, task: Task, config: PruneConfig):
         self.task, self.config = task, config
         model = task.model
         self.example = task.small_x[:2]
@@ -399,12 +394,16 @@ class PruningState:
         self.dense_macs = self.macs()
         if config.max_macs is not None:
             check_macs_reachable(graph, config, self.example, self.dense_macs)
-        self.costs = channel_costs(config.cost, graph, self.example, task.latency_profile)
+        profile = None
+        if config.cost == "latency":  # measured on the model as it is now: the dense one
+            from exporters.profile import layer_latency_profile
+
+            profile = layer_latency_profile(model, self.example[:1], config.profile_backend)
+        self.costs = channel_costs(config.cost, graph, self.example, profile)
         self.compensation = Compensation(self.estimator.head_inputs, skip={self.head}) if config.compensate else None
         self.scores: dict[str, torch.Tensor] = {}
         self.scorer = None  # set by the caller: () -> filter scores of the current model
         self.record = lambda: None  # called after every commit
-        self.progress = progress
 
     def macs(self) -> int:
         return int(tp.utils.count_ops_and_params(self.task.model, self.example[:1])[0])
@@ -430,10 +429,6 @@ class PruningState:
     def value(self, per_class: list[float]) -> float:
         """What the controller maximises: the budget's slack under a budget, else the harmonic mean."""
         return self.budget.slack(per_class) if self.budget is not None else harmonic_mean(per_class)
-
-    def estimate(self) -> dict:
-        per_class = self.estimator.per_class()
-        return {"accuracy": self.estimator.accuracy(per_class), "harmonic_mean": harmonic_mean(per_class)}
 
     def within_budget(self) -> bool:
         return self.budget is None or self.budget.slack(self.estimator.per_class()) >= 0
@@ -498,7 +493,7 @@ def prune_with_controller(task: Task, config: PruneConfig, progress: bool = True
     """--method dpx: the accuracy-aware controller of the method (docs/METHOD.md), LRP scores, physical shrinking."""
     started = time.perf_counter()
     model = task.model
-    state = PruningState(task, config, progress)
+    state = PruningState(task, config)
     graph = state.graph
     controller_config = config.controller_config()
     curve = [curve_point(state)]
@@ -538,7 +533,7 @@ def prune(task: Task, config: PruneConfig, progress: bool = True) -> PruneResult
         return prune_with_controller(task, config, progress)
     started = time.perf_counter()
     model = task.model
-    state = PruningState(task, config, progress)
+    state = PruningState(task, config)
     graph = state.graph
     generator = torch.Generator().manual_seed(config.seed)
     target = check_reachable(graph, int(round(config.rate * graph.original_filters)), config)

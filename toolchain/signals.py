@@ -108,6 +108,11 @@ class ControlSignal:
             values = logits.softmax(1)[torch.arange(len(self.labels)), self.labels]
         return _per_class_mean(values, self.labels, self.num_classes)
 
+    def estimate(self, per_class: list[float] | None = None) -> dict:
+        """Accuracy and harmonic mean of class accuracies, from `per_class` (default: the model as it is)."""
+        per_class = self.per_class() if per_class is None else per_class
+        return {"accuracy": self.accuracy(per_class), "harmonic_mean": harmonic_mean(per_class)}
+
     def accuracy(self, per_class: list[float]) -> float:
         """The overall accuracy that per-class values of this signal's kind stand for (images per class weigh)."""
         counts = torch.bincount(self.labels, minlength=self.num_classes).double()
@@ -140,8 +145,7 @@ class AccuracyBudget:
                 f"{classes[worst]} at 0, so the harmonic mean is 0 before any pruning (more --shots, or --max-macs)")
 
     def estimate(self, per_class: list[float]) -> dict:
-        return {"accuracy": self.estimator.accuracy(per_class), "harmonic_mean": harmonic_mean(per_class),
-                "per_class": list(per_class)}
+        return dict(self.estimator.estimate(per_class), per_class=list(per_class))
 
     def slack(self, per_class: list[float]) -> float:
         """>= 0 while within budget: the smaller margin of the two estimates over their floors."""
