@@ -18,6 +18,12 @@ from torch import nn
 MEAN = (122.7 / 255, 116.7 / 255, 104.0 / 255)  # RGB order
 STD = (1 / 255, 1 / 255, 1 / 255)
 LAYERS = [(1, 2), (2, 2), (3, 3), (4, 3), (5, 3)]  # (block, convs in block)
+FACTORY = f"{pathlib.Path(__file__).resolve()}:build"
+
+
+def prune_spec(image_size: int) -> dict:
+    """The PruneConfig fields that select this model and its preprocessing (for the studies)."""
+    return {"model": FACTORY, "weights": None, "image_size": image_size, "mean": list(MEAN), "std": list(STD)}
 
 
 def weights_file() -> pathlib.Path:

@@ -25,7 +25,8 @@ def table(report: dict) -> str:
         f"Command: `make deploy` (config `configs/default.yaml`: {cfg['model']} {cfg['weights']}, {cfg['shots']} "
         f"images per class, {cfg['image_size']} px, method {p['method']}, "
         + (f"max-drop {cfg['max_drop']}" if cfg.get("max_drop") is not None else f"rate {p['rate_requested']}")
-        + f", cost {cfg.get('cost', 'filters')}, head {'re-fitted after every step' if cfg.get('refit_head') else 'fitted once'}, "
+        + f", cost {cfg.get('cost', 'filters')}, head {'re-fitted after every step' if cfg.get('refit_head') else 'fitted once'}"
+        + (", compensation" if cfg.get("compensate") else "") + ", "
         f"round-to {cfg['round_to']}); {len(report['classes'])} classes, {report['benchmark']['settings']['num_images']} test images; "
         f"measured on {env.get('cpu_model')}, {env.get('logical_cores')} cores, onnxruntime {env.get('onnxruntime')}.",
         "",
@@ -38,7 +39,8 @@ def table(report: dict) -> str:
         "",
         f"Speedup {s['speedup_p50']:.2f}x (p50, dense and pruned timed alternately; 5-95% bootstrap "
         f"{s['speedup_low']:.2f}-{s['speedup_high']:.2f}) for a {s['macs_reduction']:.2f}x MACs reduction: "
-        f"speedup / MACs reduction = {s['speedup_over_macs']:.2f}. Wall time of the stages: "
+        f"speedup / MACs reduction = {s['speedup_over_macs']:.2f}. Pruning took {p['seconds']:.0f} s "
+        f"({p['relevance_passes']} relevance passes); this run's stages (a finished one is reused): "
         + ", ".join(f"{k} {v:.0f} s" for k, v in report.get("timings_s", {}).items()) + ".",
     ]
     return "\n".join(rows)

@@ -70,7 +70,7 @@ class ChannelCosts:
         costs = {}
         for group in groups:
             total, seen = 0.0, set()
-            for dep, _ in self.graph._group_of(group.root, [0]):
+            for dep, _ in self.graph.group_of(group.root, [0]):
                 module = dep.target.module
                 if not isinstance(module, (nn.Conv2d, nn.Linear)) or module in seen:
                     continue

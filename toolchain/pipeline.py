@@ -445,7 +445,7 @@ class PruningState:
 
     def commit_selection(self, selection: dict[str, list[int]]) -> None:
         positions = self.head_inputs(selection)
-        readers = [consumer for consumer, _ in self.graph._readers(selection)] if self.compensation else []
+        readers = [consumer for consumer, _ in self.graph.readers(selection)] if self.compensation else []
         for signal in {id(s): s for s in (self.estimator, self.signal)}.values():
             signal.drop_inputs(positions)
         for root, channels in selection.items():

@@ -93,6 +93,15 @@ def _worst(per_class: list[float], classes: list[str]) -> dict:
     return {"class": classes[c], "accuracy": per_class[c]}
 
 
+def _what_was_fitted(config: dict) -> str:
+    if config.get("compensate"):
+        return ("No fine-tuning (no gradient step): the linear head was re-fitted after every step and the layers "
+                "reading removed channels were compensated, both in closed form on the small set.")
+    if config.get("refit_head"):
+        return "No fine-tuning: only the linear head was fitted, and re-fitted after every step."
+    return "No fine-tuning: only the linear head was fitted."
+
+
 def _estimate(estimate: dict | None) -> str:
     return "" if not estimate else f"{estimate['accuracy']:.3f} / {estimate['harmonic_mean']:.3f}"
 
@@ -140,8 +149,7 @@ def to_markdown(report: dict) -> str:
         "",
         f"Method `{p['method']}`, {_pct(p['rate_achieved'])} of conv filters removed "
         f"({p['filters_before']} -> {p['filters_after']}), {p['seconds']:.0f} s, "
-        f"{p['relevance_passes']} relevance passes. No fine-tuning: only the linear head was fitted"
-        f"{' (and re-fitted after every step)' if report['config'].get('refit_head') else ''}.",
+        f"{p['relevance_passes']} relevance passes. " + _what_was_fitted(report["config"]),
         "",
         "| model | accuracy | harmonic mean | MACs | params | ORT p50 (ms) |",
         "| --- | --- | --- | --- | --- | --- |",

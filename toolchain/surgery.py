@@ -284,7 +284,7 @@ class PruningGraph:
     def pruned_fraction(self) -> float:
         return 1.0 - self.filters / self.original_filters
 
-    def _group_of(self, root: str, channels: Sequence[int]):
+    def group_of(self, root: str, channels: Sequence[int]):
         module = self.modules[root]
         return self.graph.get_pruning_group(module, self.graph.get_pruner_of_module(module).prune_out_channels,
                                             list(channels))
@@ -298,7 +298,7 @@ class PruningGraph:
         size = out_channels(module)
         if len(channels) >= size:
             raise InputError(f"{root}: refusing to remove all {size} channels of a layer")
-        group = self._group_of(root, channels)
+        group = self.group_of(root, channels)
         stripes, unsupported = self._constraints(group, channels)
         if unsupported is not None:
             raise InputError(f"{root}: its channels cannot be pruned: {unsupported}")
@@ -314,13 +314,13 @@ class PruningGraph:
         group.prune()
         return before - self.filters
 
-    def _readers(self, selection: dict[str, list[int]]) -> Iterator[tuple[nn.Module, list[int]]]:
+    def readers(self, selection: dict[str, list[int]]) -> Iterator[tuple[nn.Module, list[int]]]:
         """(layer, its input channels) for every conv, linear layer or LayerNorm that reads a channel of
         `selection`, depthwise convs excepted (they are group members themselves, read by the next layer)."""
         for root, channels in selection.items():
             if not channels:
                 continue
-            for dep, idxs in self._group_of(root, channels):
+            for dep, idxs in self.group_of(root, channels):
                 consumer = dep.target.module
                 if isinstance(consumer, nn.LayerNorm) or (
                         isinstance(consumer, (nn.Conv2d, nn.Linear)) and not is_depthwise(consumer)
@@ -332,7 +332,7 @@ class PruningGraph:
         linear layer's last dim): the same outputs without touching a weight. None when a LayerNorm reads
         them (only `mask` normalises it over the kept channels)."""
         zeroed: dict[nn.Module, list[int]] = {}
-        for consumer, idxs in self._readers(selection):
+        for consumer, idxs in self.readers(selection):
             if isinstance(consumer, nn.LayerNorm):
                 return None
             zeroed[consumer] = sorted(set(zeroed.get(consumer, [])) | set(idxs))
@@ -353,7 +353,7 @@ class PruningGraph:
         patched_norms = []
         try:
             with torch.no_grad():
-                for consumer, idxs in self._readers(selection):
+                for consumer, idxs in self.readers(selection):
                     if isinstance(consumer, nn.LayerNorm):
                         removed_norm.setdefault(consumer, set()).update(idxs)
                     else:
