@@ -97,25 +97,25 @@ class ControllerConfig:
     rescore: str = "accepted"
 
     def __post_init__(self) -> None:
-        if not _is_number(self.s_max) or not 0 < self.s_max <= 1:
+        if not is_number(self.s_max) or not 0 < self.s_max <= 1:
             raise InputError(f"--s-max {self.s_max}: must be in (0, 1]")
         if not _is_int(self.s_min_units) or self.s_min_units < 1:
             raise InputError(f"--s-min-units {self.s_min_units}: must be an integer >= 1")
-        if not _is_number(self.delta) or not math.isfinite(self.delta) or self.delta < 0:
+        if not is_number(self.delta) or not math.isfinite(self.delta) or self.delta < 0:
             raise InputError(f"--delta {self.delta}: must be a finite number >= 0")
-        if self.tau is not None and (not _is_number(self.tau) or not 0 < self.tau <= 1):
+        if self.tau is not None and (not is_number(self.tau) or not 0 < self.tau <= 1):
             raise InputError(f"--tau {self.tau}: must be in (0, 1]")
         if not _is_int(self.m) or self.m < 1:
             raise InputError(f"--m {self.m}: must be an integer >= 1")
-        if not _is_number(self.p_max) or not 0 < self.p_max < 1:
+        if not is_number(self.p_max) or not 0 < self.p_max < 1:
             raise InputError(f"--p-max {self.p_max}: must be in (0, 1)")
-        if self.floor is not None and (not _is_number(self.floor) or not math.isfinite(self.floor)):
+        if self.floor is not None and (not is_number(self.floor) or not math.isfinite(self.floor)):
             raise InputError(f"controller floor {self.floor}: must be a finite number")
         if self.rescore not in RESCORE_CHOICES:
             raise InputError(f"--rescore {self.rescore}: must be one of {', '.join(RESCORE_CHOICES)}")
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
 

@@ -23,7 +23,7 @@ from runtime_bench.accuracy import classification_metrics, harmonic_mean
 from runtime_bench.errors import InputError
 
 from .compensation import Compensation
-from .controller import ControllerConfig, Unit, run_controller
+from .controller import ControllerConfig, Unit, is_number, run_controller
 from .costs import COSTS, channel_costs
 from .curves import class_averaged_auc, rate_grid, state_at_rates, step_ends
 from .data import (
@@ -38,7 +38,7 @@ from .head import HEAD_SOLVERS, choose_ridge_alpha, fit_head, head_features, ref
 from .models import ModelSource, build_model, check_logits, find_head, is_weights_file, torchvision_weights
 from .relevance import l1_filter_scores, lrp_filter_scores, random_filter_scores, taylor_filter_scores
 from .signals import SIGNALS, AccuracyBudget, ControlSignal
-from .surgery import PruningGraph, as_selection, rank_chunks, select_channels
+from .surgery import PruningGraph, as_selection, rank_chunks, removable_chunks, select_channels
 
 METHODS = ("lrp", "dpx", "taylor", "l1", "random")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -99,9 +99,9 @@ class PruneConfig:
     def check(self) -> None:
         """Validate, and resolve the defaults that depend on other options (so the hash sees them)."""
         budget = self.max_drop is not None or self.max_macs is not None
-        if self.max_drop is not None and not (_is_fraction(self.max_drop) and 0.0 <= self.max_drop < 1.0):
+        if self.max_drop is not None and not (is_number(self.max_drop) and 0.0 <= self.max_drop < 1.0):
             raise InputError(f"--max-drop {self.max_drop}: must be in [0, 1) (an accuracy drop; 0.01 is one point)")
-        if self.max_macs is not None and not (_is_fraction(self.max_macs) and 0.0 < self.max_macs <= 1.0):
+        if self.max_macs is not None and not (is_number(self.max_macs) and 0.0 < self.max_macs <= 1.0):
             raise InputError(f"--max-macs {self.max_macs}: must be in (0, 1] (a fraction of the dense model's MACs)")
         if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 0:
             raise InputError(f"--patience {self.patience}: must be an integer >= 0")
@@ -156,10 +156,6 @@ class PruneConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _is_fraction(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 @dataclass
@@ -591,8 +587,7 @@ def check_macs_reachable(graph: PruningGraph, config: PruneConfig, example: torc
     floor_graph = PruningGraph(floor_model, example, protected=[floor_model.get_submodule(
         graph.names[graph.protected[0]])] if graph.protected else [])
     groups = floor_graph.groups()
-    zeros = {member: torch.zeros(group.size) for group in groups for member in group.members}
-    for root, channels in as_selection(rank_chunks(groups, zeros, config.round_to)).items():
+    for root, channels in as_selection(removable_chunks(groups, config.round_to)).items():
         floor_graph.prune(root, channels)
     least = int(tp.utils.count_ops_and_params(floor_model, example[:1])[0])
     if least > config.max_macs * dense_macs:
@@ -606,8 +601,7 @@ def check_reachable(graph: PruningGraph, target: int, config: PruneConfig) -> in
     """Before any scoring: can `target` filters go at all, with every group keeping its `round_to` channels?
     With a budget `--rate` is only a cap: the target is then what can go, at most. Returns the target."""
     groups = graph.groups()
-    zeros = {member: torch.zeros(group.size) for group in groups for member in group.members}
-    removable = sum(chunk.filters for chunk in rank_chunks(groups, zeros, config.round_to))
+    removable = sum(chunk.filters for chunk in removable_chunks(groups, config.round_to))
     if config.max_drop is not None or config.max_macs is not None:
         return min(target, removable)
     if target > removable:

@@ -449,6 +449,11 @@ def rank_chunks(groups: Sequence[ChannelGroup], scores: dict[str, torch.Tensor],
     return [r[3] for r in ranked]
 
 
+def removable_chunks(groups: Sequence[ChannelGroup], round_to: int = 1) -> list[Chunk]:
+    """Every chunk that may go at all (each group keeping its `round_to` channels), whatever the scores."""
+    return rank_chunks(groups, {m: torch.zeros(g.size) for g in groups for m in g.members}, round_to)
+
+
 def as_selection(chunks: Sequence[Chunk]) -> dict[str, list[int]]:
     """root conv -> current channel indices, the form PruningGraph.prune and mask take."""
     selection: dict[str, list[int]] = {}
