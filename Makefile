@@ -51,7 +51,7 @@ deploy: $(STAMP) | $(FASHION_MNIST)
 	$(VENV)/bin/edgeprune deploy --config $(CONFIG) --out $(OUT) $(if $(DEVICE),--device $(DEVICE))
 
 test: $(STAMP) | $(FASHION_MNIST) $(SSHD)
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n auto --durations=15
 
 bench: $(STAMP) | $(FASHION_MNIST)
 	@test -f $(OUT)/model.onnx || $(MAKE) deploy

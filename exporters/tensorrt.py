@@ -171,7 +171,7 @@ def quantize_qdq(onnx_path: Any, out_path: Any, calibration_images: np.ndarray) 
 
     ONNX Runtime's static quantizer, calibrated on `calibration_images` (min/max): symmetric INT8 activations
     and per-channel symmetric INT8 weights, which is what TensorRT's explicit quantization accepts; only
-    Conv, Gemm and MatMul inputs are quantized, the rest stays float32.
+    Conv, Gemm and MatMul inputs are quantized (not their biases), the rest stays float32.
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -194,7 +194,10 @@ def quantize_qdq(onnx_path: Any, out_path: Any, calibration_images: np.ndarray) 
         quantize_static(str(prepared), str(target), SmallSet(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=list(QDQ_OP_TYPES),
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                        # Biases stay float32: by default they become int32 behind a DequantizeLinear, which
+                        # TensorRT's DequantizeLinear does not take (INT8/FP8/INT4 inputs only; onnxruntime
+                        # issues 14229 and 17738, onnx-tensorrt 850).
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
         with atomic_output(out_path) as tmp:
             shutil.copyfile(target, tmp)
 

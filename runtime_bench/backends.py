@@ -254,6 +254,9 @@ class OrtCudaBackend(OrtCpuBackend):
                 f"{self.model_path}: onnxruntime could not start {wanted} (it runs on {', '.join(active)}); "
                 "check the CUDA and cuDNN libraries"
             )
+        # The check above covers session creation only: on a provider failure inside run() the Python
+        # wrapper would switch to the CPU and carry on. Fail instead.
+        self._session.disable_fallback()
 
 
 class OrtTensorrtBackend(OrtCudaBackend):

@@ -21,3 +21,9 @@ class CheckFailed(EdgePruneError):
     """A verification failed, e.g. the ONNX parity gate (exit code 3)."""
 
     exit_code = 3
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name when it has none), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__

@@ -1,10 +1,13 @@
-"""README's families table, from the per-family test results (relevance + conservation, shrink, export).
+"""README's families tables, from the end-to-end test results (relevance + conservation, shrink, export):
+torchvision families (tests/test_families.py) and timm architectures (tests/test_timm_corpus.py).
 
-    EDGEPRUNE_FAMILIES_JSON=benchmarks/results/families.json .venv/bin/pytest -q tests/test_families.py
+    EDGEPRUNE_CORPUS=all EDGEPRUNE_FAMILIES_JSON=benchmarks/results/families.json \
+        .venv/bin/pytest -q tests/test_families.py tests/test_timm_corpus.py
     python scripts/families_table.py benchmarks/results/families.json [README.md]
 
-One test per family checks all three columns (tests/test_families.py::test_family_end_to_end), so a
-family's row is all passed or all failed.
+One test per family or architecture checks every column, so a row is all passed or all failed. A timm
+architecture that is not fully supported passes when it fails exactly the way its CORPUS entry says; the
+status column says how.
 """
 
 from __future__ import annotations
@@ -31,7 +34,24 @@ def main(argv) -> int:
         mark = {"passed": "yes", "failed": "FAILED"}.get(result["outcome"], result["outcome"])
         lines.append(f"| {row['name']} | {mark} | {mark} | {mark} | {result['seconds']} | "
                      f"{row.get('notes', '')} |")
-    return update_readme(readme, "families", "\n".join(lines))
+    code = update_readme(readme, "families", "\n".join(lines))
+    return code or update_readme(readme, "timm", "\n".join(timm_lines(results)))
+
+
+def timm_lines(results: dict) -> list[str]:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_timm_corpus import CORPUS, NOT_RUN, timm_family
+
+    lines = ["| architecture | timm family | what it exercises | test | status | test s |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name, arch in CORPUS.items():
+        result = results.get(f"timm:{name}", {"outcome": "not run", "seconds": 0})
+        mark = {"passed": "passed", "failed": "FAILED"}.get(result["outcome"], result["outcome"])
+        status = (arch.status or "supported").replace("\\", "").replace("|", "/")
+        lines.append(f"| {name} | {timm_family(name)} | {arch.what} | {mark} | {status} | {result['seconds']} |")
+    for name, why in NOT_RUN.items():
+        lines.append(f"| {name} | {timm_family(name)} | | not run | unsupported: {why} | |")
+    return lines
 
 
 if __name__ == "__main__":

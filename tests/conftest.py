@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pytest
 from PIL import Image
+
+# `make test` runs the suite in one pytest-xdist worker per core: each worker's torch then uses its share of
+# the cores, not all of them (oversubscribed threads made every worker slower).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 # Dominant colour per class: with moderate noise the classes stay separable by colour alone.
 CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -60,15 +68,16 @@ def write_images():
     return write_image_folder
 
 
-# With EDGEPRUNE_FAMILIES_JSON=path, the per-family end-to-end results are written there, for the README's
-# families table (scripts/families_table.py): the table comes from test results, never typed.
+# With EDGEPRUNE_FAMILIES_JSON=path, the per-family (torchvision) and per-architecture (timm, keyed `timm:NAME`)
+# end-to-end results are written there, for the README's families tables (scripts/families_table.py): the table comes from test results, never typed.
 _FAMILY_RESULTS: dict = {}
 
 
 def pytest_runtest_logreport(report):
-    if report.when == "call" and "test_family_end_to_end[" in report.nodeid:
-        name = report.nodeid.split("[", 1)[1].rstrip("]")
-        _FAMILY_RESULTS[name] = {"outcome": report.outcome, "seconds": round(report.duration, 1)}
+    for test, prefix in (("test_family_end_to_end[", ""), ("test_timm_architecture_end_to_end[", "timm:")):
+        if report.when == "call" and test in report.nodeid:
+            name = prefix + report.nodeid.split("[", 1)[1].rstrip("]")
+            _FAMILY_RESULTS[name] = {"outcome": report.outcome, "seconds": round(report.duration, 1)}
 
 
 def pytest_sessionfinish(session):

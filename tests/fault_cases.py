@@ -412,7 +412,7 @@ def every_mode_loaded(ws):
 def no_layer_emptied(ws):
     m = manifest(ws)
     assert m["curve"][-1]["rate"] >= 0.95
-    convs = [spec["out"] for spec in m["layers"].values() if spec["type"] == "Conv2d"]
+    convs = [spec["out_channels"] for spec in m["layers"].values() if spec["type"] == "Conv2d"]
     assert len(convs) == 3 and min(convs) == 1
 
 

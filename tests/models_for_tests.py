@@ -54,17 +54,25 @@ def family(name: str, num_classes: int = 10) -> torch.nn.Module:
 
 
 def realistic_family(name: str, size: int, num_classes: int = 10, seed: int = 0) -> torch.nn.Module:
-    """A covered family (toolchain.families) with random weights made to behave like a trained model where
-    the tests depend on it: exact BatchNorm statistics; ConvNeXt layer scales of 0.1 to 1 instead of the
-    init's 1e-6 (blocks that contribute, so that pruning them changes something); the classifier scaled
-    to logits of about 10, so that the epsilon head rule absorbs ~1e-7 of the relevance, not percents."""
-    from toolchain.families import build, classifier_layer
+    """A covered family (toolchain.families) with random weights made to behave like a trained model
+    (`realistic`)."""
+    from toolchain.families import build
 
     torch.manual_seed(seed)
-    model = build(name, num_classes)
+    return realistic(build(name, num_classes), size, seed)
+
+
+def realistic(model: torch.nn.Module, size: int, seed: int = 0) -> torch.nn.Module:
+    """Random weights made to behave like a trained model where the tests depend on it: exact BatchNorm
+    statistics; layer scales (ConvNeXt, timm's `gamma`s) of 0.1 to 1 instead of the init's 1e-6 (blocks
+    that contribute, so that pruning them changes something); the classifier scaled to logits of about 10,
+    so that the epsilon head rule absorbs ~1e-7 of the relevance, not percents."""
+    from toolchain.families import classifier_layer
+
+    torch.manual_seed(seed)
     with torch.no_grad():
         for param_name, param in model.named_parameters():
-            if param_name.endswith("layer_scale"):
+            if param_name.rpartition(".")[2] in ("layer_scale", "gamma"):
                 param.uniform_(0.1, 1.0)
     model = calibrated(model, size=size, seed=seed, exact=True)
     head = classifier_layer(model)[1]

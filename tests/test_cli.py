@@ -43,11 +43,11 @@ def test_prune_export_bench_end_to_end(tmp_path, image_data):
     original = _conv_out_channels(torchvision.models.mobilenet_v2(weights=None))
     convs = {name: spec for name, spec in manifest["layers"].items() if spec["type"] == "Conv2d"}
     assert set(convs) == set(original)
-    assert any(spec["out"] < original[name] for name, spec in convs.items()), "no conv was pruned"
+    assert any(spec["out_channels"] < original[name] for name, spec in convs.items()), "no conv was pruned"
     for name, spec in convs.items():
-        assert 0 < spec["out"] <= original[name], (name, spec, original[name])
+        assert 0 < spec["out_channels"] <= original[name], (name, spec, original[name])
         if original[name] % 8 == 0:
-            assert spec["out"] % 8 == 0, f"{name}: {spec['out']} channels, not a multiple of --round-to 8"
+            assert spec["out_channels"] % 8 == 0, f"{name}: {spec['out_channels']} channels, not a multiple of --round-to 8"
 
     export = run_cli(["export", out], tmp_path)
     assert export.returncode == 0, export.stderr

@@ -9,26 +9,23 @@ import pathlib
 
 import pytest
 import torch
+from end_to_end import CONSERVATION_TOL, MASK_TOL, RATE, ROUND_TO, prune_by_relevance
 from models_for_tests import calibrated, realistic_family
 from torch import nn
+from torch.nn import functional as F
 
 from runtime_bench.errors import InputError
 from toolchain.artifact import apply_shapes, layer_shapes
 from toolchain.families import FAMILIES, build, classifier_layer, families_table, graph_cuts, unscored_layers
-from toolchain.relevance import canonizers_for, lrp_filter_scores, relevance_at, rule_table
+from toolchain.relevance import lrp_filter_scores, relevance_at, rule_table
 from toolchain.surgery import (
     ChannelGroup,
     PruningGraph,
-    as_selection,
     filter_layers,
     masked,
     out_channels,
     rank_chunks,
 )
-
-CONSERVATION_TOL = 1e-3  # per sample, relative to the 1.0 injected; measured worst 5e-5 (ConvNeXt, DenseNet)
-MASK_TOL = 1e-5  # masked vs shrunk, relative to the largest logit
-RATE, ROUND_TO = 0.3, 8
 
 # Input size per family: none is 224; the larger ones run at the smallest size their strides allow.
 SIZES = {
@@ -59,23 +56,6 @@ def assert_conserved(name: str, model: nn.Module, images: torch.Tensor, what: st
                                    msg=f"{name} ({what}) {layer}: relevance not conserved: {per_sample.tolist()}")
 
 
-def prune_by_relevance(graph: PruningGraph, scores: dict[str, torch.Tensor]) -> None:
-    """One chunk from EVERY group (so that each kind of coupling is exercised), then the globally
-    lowest-scoring chunks until RATE of the filters are gone."""
-    ranked = rank_chunks(graph.groups(), scores, ROUND_TO)
-    picked = list({chunk.root: chunk for chunk in reversed(ranked)}.values())  # each group's first chunk
-    covered = sum(chunk.filters for chunk in picked)
-    target = int(RATE * graph.original_filters)
-    for chunk in ranked:
-        if covered >= target:
-            break
-        if chunk not in picked:
-            picked.append(chunk)
-            covered += chunk.filters
-    for root, channels in as_selection(picked).items():
-        graph.prune(root, channels)
-
-
 @pytest.mark.parametrize("name", family_params())
 def test_family_end_to_end(name, tmp_path: pathlib.Path):
     spec, size = FAMILIES[name], SIZES[name]
@@ -84,9 +64,8 @@ def test_family_end_to_end(name, tmp_path: pathlib.Path):
     torch.manual_seed(0)
     images = torch.randn(3, 3, size, size)
 
-    # Every leaf layer has a rule, and the registry names the canonizers actually applied.
+    # Every op on the relevance path has a rule.
     assert "NONE" not in rule_table(dense, images[:1]).values()
-    assert sorted(type(c).__name__ for c in canonizers_for(dense, images[:1])) == sorted(spec.canonizers)
 
     # Relevance: conserved through every cut of the graph; scores finite and non-negative for every filter.
     assert spec.conserves, f"{name}: the registry says relevance is not conserved; test what it does instead"
@@ -138,21 +117,63 @@ def test_family_end_to_end(name, tmp_path: pathlib.Path):
     assert record["passed"] and (tmp_path / f"{name}.onnx").is_file()
 
 
-def test_layer_without_rule_is_refused_or_falls_back_with_a_warning():
+def test_op_without_rule_is_refused_or_falls_back_with_a_warning():
+    class Square(nn.Module):  # a product of a signal with itself: no LRP rule
+        def forward(self, x):
+            return x * x
+
     torch.manual_seed(0)
-    model = calibrated(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2),
-                                     nn.Conv2d(8, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                     nn.Linear(8, 3)), size=8)
+    model = calibrated(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), Square(), nn.Conv2d(8, 8, 3),
+                                     nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)), size=8)
     x = torch.rand(2, 3, 8, 8)
     labels = torch.tensor([0, 1])
-    with pytest.raises(InputError, match=r"^2 \(Upsample\): no LRP rule; pass --allow-fallback to use gradient x "
+    with pytest.raises(InputError, match=r"^2 \(mul\): no LRP rule; pass --allow-fallback to use gradient x "
                                          r"input for it$"):
         lrp_filter_scores(model, x, labels)
-    with pytest.warns(UserWarning, match=r"2 \(Upsample\): no LRP rule; using gradient x input for it"):
-        relevance = relevance_at(model, x, labels, {"0": model[0]}, allow_fallback=True)
-    # Nearest upsampling under gradient x input still conserves.
-    torch.testing.assert_close(relevance["0"].flatten(1).sum(1), torch.ones(2), rtol=0, atol=1e-3)
     assert all(p.requires_grad for p in model.parameters())  # the failed call restored the model
+    with pytest.warns(UserWarning, match=r"2 \(mul\): no LRP rule; using gradient x input for it"):
+        relevance = relevance_at(model, x, labels, {"0": model[0]}, allow_fallback=True)
+    # Gradient x input of x * x hands on twice what it receives (d(x^2)/dx * x = 2 x^2): finite, not conserved.
+    torch.testing.assert_close(relevance["0"].flatten(1).sum(1), torch.full((2,), 2.0), rtol=0, atol=1e-3)
+    assert rule_table(model, x[:1])["mul"] == "NONE"
+
+
+def test_rules_come_from_the_ops_whatever_the_module():
+    """Functional ops, nn.Module activations of every kind and a Conv2d subclass with its own forward (TF
+    'same' padding) all get their rule; relevance is conserved through each."""
+
+    class SamePadConv(nn.Conv2d):  # pads itself asymmetrically, then convolves without padding
+        def forward(self, x):
+            return super().forward(F.pad(x, (0, 1, 0, 1)))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = SamePadConv(3, 8, 2)
+            self.acts = nn.ModuleList([nn.PReLU(8), nn.LeakyReLU(0.1), nn.ELU(), nn.GELU(), nn.SiLU(), nn.Mish(),
+                                       nn.Hardswish()])
+            self.conv = nn.Conv2d(8, 8, 3, padding=1)
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x):
+            x = self.stem(x)
+            for act in self.acts:
+                x = act(x)
+            y = F.relu(self.conv(x))
+            x = x + y * torch.sigmoid(y.mean((2, 3), keepdim=True))  # residual add, gated product
+            return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+    torch.manual_seed(0)
+    model = calibrated(Net(), size=8)
+    x = torch.randn(2, 3, 8, 8)
+    table = rule_table(model, x[:1])
+    assert "NONE" not in table.values()
+    assert table["conv2d"] == "z+ flat" and table["linear"] == "epsilon" and table["pad"] == "to the nearest real input"
+    assert table["add"] == "proportional" and table["mul"] == "gate" and table["mean"] == "proportional"
+    assert {table[a] for a in ("prelu", "leaky_relu", "elu", "gelu", "silu", "mish", "hardswish")} == {"pass"}
+    relevance = relevance_at(model, x, torch.tensor([0, 1]), {"stem": model.stem, "acts": model.acts[-1]})
+    for layer, r in relevance.items():
+        torch.testing.assert_close(r.flatten(1).sum(1), torch.ones(2), rtol=0, atol=CONSERVATION_TOL, msg=layer)
 
 
 def test_canonized_model_must_compute_the_same_logits():
@@ -212,5 +233,5 @@ def test_squeeze_excitation_squeeze_convs_get_no_relevance():
 def test_families_table_lists_every_family():
     rows = families_table()
     assert [r["name"] for r in rows] == list(FAMILIES)
-    assert all({"builder", "canonizers", "notes", "status", "conserves"} <= set(r) for r in rows)
+    assert all({"builder", "notes", "status", "conserves"} <= set(r) for r in rows)
     assert {r["name"] for r in rows if r["status"] != "supported"} == {"shufflenet_v2_x0_5"}

@@ -51,10 +51,12 @@ def test_own_model_with_two_outputs_prunes_shrinks_and_exports(tmp_path, image_d
     layers = json.loads((out / "pruned.json").read_text())["layers"]
     # The residual stream (stem + block, PReLU on both) is pruned; the channels that are permuted before
     # the flatten are left whole (torch-pruning would cut the wrong columns of both heads).
-    assert layers["model.stem.0"]["out"] == layers["model.block.0"]["out"] < 16
-    assert layers["model.stem.0"]["out"] % 4 == 0 and layers["model.stem.1"]["features"] == layers["model.stem.0"]["out"]
-    assert layers["model.reduce.0"]["out"] == 24 and layers["model.fc"]["in"] == layers["model.aux"]["in"] == 96
-    assert layers["model.fc"]["out"] == 3  # the fitted head keeps every class
+    assert layers["model.stem.0"]["out_channels"] == layers["model.block.0"]["out_channels"] < 16
+    assert layers["model.stem.0"]["out_channels"] % 4 == 0
+    assert layers["model.stem.1"]["num_features"] == layers["model.stem.2"]["num_parameters"] == layers["model.stem.0"]["out_channels"]
+    assert layers["model.reduce.0"]["out_channels"] == 24
+    assert layers["model.fc"]["in_features"] == layers["model.aux"]["in_features"] == 96
+    assert layers["model.fc"]["out_features"] == 3  # the fitted head keeps every class
     assert main(["--quiet", "export", str(out)]) == 0
     assert capsys.readouterr().out.count("parity passed") == 2
 

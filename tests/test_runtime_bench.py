@@ -310,6 +310,42 @@ def test_unknown_backend(tiny_model: Path):
     assert str(info.value) == "unknown backend 'xyz'; choose from: ort-cpu, ort-cuda, ort-trt, tensorrt"
 
 
+def test_gpu_backend_never_falls_back_to_the_cpu_during_run(tiny_model: Path, monkeypatch):
+    """A test double of a GPU session (a real CPU session that reports CUDA first, whose provider fails
+    inside run once): onnxruntime's wrapper would switch providers and carry on; the backend must fail."""
+    import onnxruntime
+    from onnxruntime.capi.onnxruntime_pybind11_state import EPFail  # what the wrapper falls back on
+
+    class FailingGpuSession(onnxruntime.InferenceSession):
+        def __init__(self, path, sess_options=None, providers=None):
+            super().__init__(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+            real = self._sess
+
+            class FailsOnce:  # the C++ session as the Python wrapper calls it
+                failed = False
+
+                def __getattr__(self, name):
+                    return getattr(real, name)
+
+                def run(self, *args):
+                    if not FailsOnce.failed:
+                        FailsOnce.failed = True
+                        raise EPFail("CUDA failure 700: an illegal memory access")
+                    return real.run(*args)
+
+            self._sess = FailsOnce()
+
+        def get_providers(self):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider",
+                                                                         "CPUExecutionProvider"])
+    monkeypatch.setattr(onnxruntime, "InferenceSession", FailingGpuSession)
+    backend = open_backend("ort-cuda", tiny_model)
+    with pytest.raises(InputError, match=r"inference failed \(.*CUDA failure 700"):
+        backend.run(np.zeros([1 if not isinstance(d, int) else d for d in backend.input_shape], np.float32))
+
+
 def test_gpu_backend_without_its_package(tiny_model: Path):
     import onnxruntime
 

@@ -457,6 +457,9 @@ def test_qdq_model_is_symmetric_int8_and_keeps_accuracy_on_real_images(cnn_path,
     init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     zero_points = [init[n.input[2]] for n in quantize]
     assert all(z.dtype == np.int8 and not z.any() for z in zero_points)  # symmetric INT8, as TensorRT wants
+    # TensorRT's DequantizeLinear reads INT8 (FP8, INT4) only: no int32 bias behind one.
+    dequantized = [init[n.input[0]] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in init]
+    assert dequantized and all(t.dtype == np.int8 for t in dequantized), {t.dtype for t in dequantized}
     reference, logits = _ort_logits(cnn_path, test), _ort_logits(target, test)
     assert top1_agreement(reference, logits) >= 0.9
     ref_accuracy = float(np.mean(reference.argmax(1) == test_labels))

@@ -22,71 +22,68 @@ from .models import ModelSource, build_model, is_weights_file, sha256_file
 MANIFEST = "pruned.json"
 WEIGHTS = "pruned.safetensors"
 HEAD = "head.safetensors"  # the fitted head of the DENSE model, so that dense.onnx is the true baseline
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: every module's own tensors, whatever its class
+
+
+# Shape attributes of the module kinds pruning resizes (torch-pruning's own pruners change these), by base
+# class so that subclasses (TF-"same" convs, norm + activation layers) are covered too.
+SHAPE_ATTRIBUTES: tuple[tuple[type, tuple[str, ...]], ...] = (
+    (nn.modules.conv._ConvNd, ("in_channels", "out_channels", "groups")),
+    (nn.modules.batchnorm._BatchNorm, ("num_features",)),
+    (nn.Linear, ("in_features", "out_features")),
+    (nn.LayerNorm, ("normalized_shape",)),
+    (nn.GroupNorm, ("num_channels", "num_groups")),
+    (nn.PReLU, ("num_parameters",)),
+)
+
+
+def _own_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    tensors = dict(module.named_parameters(recurse=False))
+    tensors.update((k, v) for k, v in module.named_buffers(recurse=False) if v is not None)
+    return tensors
 
 
 def layer_shapes(model: nn.Module) -> dict[str, dict]:
-    """Every prunable layer's shape, plus the shape of each parameter that a module holds outside such
-    layers (ConvNeXt's layer scale, pruned with its channels), keyed `module.parameter`."""
+    """Per module that holds tensors: its class, the shape attributes of its kind (SHAPE_ATTRIBUTES) and the
+    shape of every parameter and buffer it holds itself. Whatever the class (a subclass, a custom block with
+    a parameter of its own), the rebuilt model is reshaped from this alone."""
     shapes = {}
     for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
-            shapes[name] = {"type": "Conv2d", "in": m.in_channels, "out": m.out_channels, "groups": m.groups}
-        elif isinstance(m, nn.BatchNorm2d):
-            shapes[name] = {"type": "BatchNorm2d", "features": m.num_features}
-        elif isinstance(m, nn.Linear):
-            shapes[name] = {"type": "Linear", "in": m.in_features, "out": m.out_features}
-        elif isinstance(m, nn.LayerNorm):  # and subclasses such as ConvNeXt's LayerNorm2d
-            shapes[name] = {"type": type(m).__name__, "shape": list(m.normalized_shape)}
-        elif isinstance(m, nn.GroupNorm):
-            shapes[name] = {"type": "GroupNorm", "channels": m.num_channels, "groups": m.num_groups}
-        else:
-            for attr, param in m.named_parameters(recurse=False):
-                shapes[f"{name}.{attr}" if name else attr] = {"type": "Parameter", "shape": list(param.shape)}
+        tensors = _own_tensors(m)
+        if not tensors:
+            continue
+        spec: dict = {"type": type(m).__name__}
+        for kind, attributes in SHAPE_ATTRIBUTES:
+            if isinstance(m, kind):
+                spec.update({a: list(v) if isinstance(v := getattr(m, a), tuple) else v for a in attributes})
+        spec["tensors"] = {k: list(v.shape) for k, v in tensors.items()}
+        shapes[name] = spec
     return shapes
 
 
 def apply_shapes(model: nn.Module, shapes: dict[str, dict]) -> None:
-    """Resize layers in place to the manifest's shapes (values come from the weights file next)."""
+    """Resize modules in place to the manifest's shapes (values come from the weights file next)."""
     modules = dict(model.named_modules())
     for name, spec in shapes.items():
-        if spec["type"] == "Parameter":
-            owner_name, _, attr = name.rpartition(".")
-            owner = modules.get(owner_name)
-            if owner is None or not isinstance(getattr(owner, attr, None), nn.Parameter):
-                raise InputError(f"{MANIFEST}: parameter {name} does not exist in the rebuilt model")
-            setattr(owner, attr, nn.Parameter(torch.empty(spec["shape"])))
-            continue
         m = modules.get(name)
-        if m is None or type(m).__name__ != spec["type"]:
-            raise InputError(f"{MANIFEST}: layer {name} ({spec['type']}) does not exist in the rebuilt model")
-        if isinstance(m, nn.Conv2d):
-            m.in_channels, m.out_channels, m.groups = spec["in"], spec["out"], spec["groups"]
-            m.weight = nn.Parameter(torch.empty(spec["out"], spec["in"] // spec["groups"], *m.kernel_size))
-            if m.bias is not None:
-                m.bias = nn.Parameter(torch.empty(spec["out"]))
-        elif isinstance(m, nn.BatchNorm2d):
-            n = spec["features"]
-            m.num_features = n
-            if m.affine:
-                m.weight, m.bias = nn.Parameter(torch.empty(n)), nn.Parameter(torch.empty(n))
-            if m.track_running_stats:
-                m.running_mean, m.running_var = torch.empty(n), torch.empty(n)
-        elif isinstance(m, nn.Linear):
-            m.in_features, m.out_features = spec["in"], spec["out"]
-            m.weight = nn.Parameter(torch.empty(spec["out"], spec["in"]))
-            if m.bias is not None:
-                m.bias = nn.Parameter(torch.empty(spec["out"]))
-        elif isinstance(m, nn.LayerNorm):
-            m.normalized_shape = tuple(spec["shape"])
-            if m.weight is not None:
-                m.weight = nn.Parameter(torch.empty(spec["shape"]))
-            if m.bias is not None:
-                m.bias = nn.Parameter(torch.empty(spec["shape"]))
-        elif isinstance(m, nn.GroupNorm):
-            m.num_channels, m.num_groups = spec["channels"], spec["groups"]
-            if m.affine:
-                m.weight, m.bias = nn.Parameter(torch.empty(m.num_channels)), nn.Parameter(torch.empty(m.num_channels))
+        if m is None or type(m).__name__ != spec.get("type"):
+            raise InputError(f"{MANIFEST}: layer {name} ({spec.get('type')}) does not exist in the rebuilt model")
+        for kind, attributes in SHAPE_ATTRIBUTES:
+            if isinstance(m, kind):
+                for a in attributes:
+                    if a in spec:
+                        setattr(m, a, tuple(spec[a]) if isinstance(spec[a], list) else spec[a])
+        own = _own_tensors(m)
+        for attr, shape in spec.get("tensors", {}).items():
+            if attr not in own:
+                raise InputError(f"{MANIFEST}: {name}.{attr} does not exist in the rebuilt model")
+            if list(own[attr].shape) == shape:
+                continue
+            empty = torch.empty(shape, dtype=own[attr].dtype)
+            if isinstance(own[attr], nn.Parameter):
+                setattr(m, attr, nn.Parameter(empty, requires_grad=own[attr].requires_grad))
+            else:
+                m.register_buffer(attr, empty, persistent=attr not in m._non_persistent_buffers_set)
 
 
 def source_hashes(source: ModelSource) -> dict[str, str]:
@@ -127,7 +124,8 @@ def read_manifest(out: pathlib.Path) -> dict:
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: not a readable manifest ({str(exc).splitlines()[0]})") from None
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"{path}: format_version {manifest.get('format_version')} is not {FORMAT_VERSION}")
+        raise InputError(f"{path}: format_version {manifest.get('format_version')} is not {FORMAT_VERSION} "
+                         "(written by another edgeprune version; prune again)")
     return manifest
 
 

@@ -17,16 +17,12 @@ from runtime_bench.errors import InputError
 
 from .surgery import pointwise_linears
 
-# Rules every family shares (toolchain/relevance.py): z+ with flat fallback on convs, the head rule on
-# linear layers and the classifier, Pass on activations and norms that are not folded, Norm on adds and
-# average pools, winner-takes-all on max pools.
-MERGE = "ExactMergeBatchNorm"  # BatchNorms found by dataflow right after a conv
-
+# Every family gets its LRP rules op by op (toolchain/lrp_rules.py): nothing here is per family but the
+# notes on what each one exercises.
 
 @dataclass(frozen=True)
 class Family:
     builder: str  # torchvision.models builder name
-    canonizers: tuple[str, ...]  # what relevance.block_canonizers applies to it
     notes: str
     status: str = "supported"  # or "partial: what is left out"
     conserves: bool = True  # relevance is conserved layer to layer (within CONSERVATION_TOLERANCE)
@@ -37,50 +33,48 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "vgg11": Family("vgg11", (), "plain conv stack; fc6/fc7 are linear (head rule), never pruned"),
-    "vgg16": Family("vgg16", (), "as vgg11", slow=True),
-    "vgg11_bn": Family("vgg11_bn", (MERGE,), "BatchNorm folded into each conv"),
-    "vgg16_bn": Family("vgg16_bn", (MERGE,), "as vgg11_bn"),
-    "resnet18": Family("resnet18", (MERGE, "ResNetBasicBlockCanonizer"),
-                       "residual adds through zennit Sum; each stage's add couples its channels into one group",
+    "vgg11": Family("vgg11", "plain conv stack; fc6/fc7 are linear (head rule), never pruned"),
+    "vgg16": Family("vgg16", "as vgg11", slow=True),
+    "vgg11_bn": Family("vgg11_bn", "BatchNorm folded into each conv"),
+    "vgg16_bn": Family("vgg16_bn", "as vgg11_bn"),
+    "resnet18": Family("resnet18", "residual adds split in proportion; each stage's add couples its channels into one group",
                        cuts=("conv1", "layer1", "layer2", "layer3", "layer4")),
-    "resnet50": Family("resnet50", (MERGE, "ResNetBottleneckCanonizer"), "as resnet18, bottleneck blocks",
+    "resnet50": Family("resnet50", "as resnet18, bottleneck blocks",
                        cuts=("conv1", "layer1", "layer2", "layer3", "layer4"), slow=True),
-    "mobilenet_v2": Family("mobilenet_v2", (MERGE, "InvertedResidualCanonizer", "MobileNetV2PoolCanonizer"),
-                           "ReLU6 passes relevance; depthwise convs are members of their expand conv's group"),
+    "mobilenet_v2": Family("mobilenet_v2", "ReLU6 passes relevance; depthwise convs are members of their expand conv's group"),
     "mobilenet_v3_small": Family(
-        "mobilenet_v3_small", (MERGE, "InvertedResidualCanonizer", "SqueezeExcitationCanonizer"),
+        "mobilenet_v3_small",
         "Hardswish passes; SE gate x * scale gives all relevance to x, so the SE squeeze convs score 0"),
     "mobilenet_v3_large": Family(
-        "mobilenet_v3_large", (MERGE, "InvertedResidualCanonizer", "SqueezeExcitationCanonizer"),
+        "mobilenet_v3_large",
         "as mobilenet_v3_small", slow=True),
     "efficientnet_b0": Family(
-        "efficientnet_b0", (MERGE, "InvertedResidualCanonizer", "SqueezeExcitationCanonizer"),
-        "MBConv add through Sum (stochastic depth is the identity in eval); SiLU passes; SE as in MobileNetV3; "
+        "efficientnet_b0",
+        "MBConv add split in proportion (stochastic depth is the identity in eval); SiLU passes; SE as in MobileNetV3; "
         "SE squeeze widths that are not multiples of 8 (4, 6, ...) stay whole with round_to 8", slow=True),
     "densenet121": Family(
-        "densenet121", (MERGE, "DenseNetCanonizer"),
+        "densenet121",
         "concat routes relevance; pre-activation BatchNorms (not after a conv) pass it; a layer's new channels "
         "are a segment of every later layer's input", slow=True),
     "regnet_x_400mf": Family(
-        "regnet_x_400mf", (MERGE, "RegNetBlockCanonizer"),
+        "regnet_x_400mf",
         "grouped 3x3 convs (group width 16): their groups lose channels in stripes, one per conv group",
         cuts=("stem", "trunk_output")),
     "shufflenet_v2_x0_5": Family(
-        "shufflenet_v2_x0_5", (MERGE, "ShuffleNetV2PoolCanonizer"),
+        "shufflenet_v2_x0_5",
         "split, concat and channel shuffle route relevance; only the stem, branch-internal and conv5 channels "
         "are pruned", status="partial: channels that pass through a channel shuffle are never pruned",
         cuts=("conv1", "maxpool", "stage2", "stage3", "stage4", "conv5")),
     "squeezenet1_0": Family(
-        "squeezenet1_0", (), "Fire concat; the classifier is a 1x1 conv: it gets the head rule and is protected "
+        "squeezenet1_0", "Fire concat; the classifier is a 1x1 conv: it gets the head rule and is protected "
                              "(classifier_layer)"),
     "convnext_tiny": Family(
-        "convnext_tiny", ("ConvNeXtBlockCanonizer",),
+        "convnext_tiny",
         "LayerNorm passes relevance; layer scale is a gate; pointwise Linear layers are 1x1 convs (filters); "
         "masking normalises LayerNorms over kept channels", slow=True),
     "googlenet": Family(
-        "googlenet", (MERGE, "BasicConv2dCanonizer"),
-        "Inception concat; BasicConv2d's functional ReLU made a module; aux classifiers off",
+        "googlenet",
+        "Inception concat; BasicConv2d's functional ReLU passes like any other; aux classifiers off",
         kwargs={"aux_logits": False, "init_weights": True},
         cuts=("conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a", "inception3b", "maxpool3",
               "inception4a", "inception4b", "inception4c", "inception4d", "inception4e", "maxpool4",
@@ -103,11 +97,10 @@ def build(name: str, num_classes: int = 1000) -> nn.Module:
 
 
 def families_table() -> list[dict]:
-    """One row per family: name, builder, canonizers, notes, status, conserves, min_size."""
+    """One row per family: name, builder, notes, status, conserves, min_size."""
     rows = []
     for name, spec in FAMILIES.items():
         row = asdict(spec)
-        row["canonizers"] = list(spec.canonizers)
         for internal in ("cuts", "slow", "kwargs"):
             row.pop(internal)
         rows.append({"name": name, **row})

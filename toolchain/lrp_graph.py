@@ -1,15 +1,15 @@
 """LRP by explicit propagation over the model's traced graph: the fast path of `relevance.lrp_filter_scores`.
 
-The same rules as relevance.py's zennit composite, for the node types plain CNNs are made of (VGG, ResNet,
+The same rules as lrp_rules.py's rules by op, for the node types plain CNNs are made of (VGG, ResNet,
 MobileNetV2): conv z+ without bias and with the flat fallback, BatchNorm folded into its conv, linear layers
 with the epsilon rule, residual adds and average pools split in proportion to their inputs, max pooling
 winner-takes-all, activations, dropout and reshapes passing relevance unchanged.
 
-Why a second implementation: zennit works through autograd hooks, which costs 7-14x a forward pass here
-(cloned tensors, BatchNorm backward, a graph over every op). This one runs one forward with the BatchNorms
+Why a second implementation: autograd-based propagation cost 7-14x a forward pass here (zennit's hooks:
+cloned tensors, BatchNorm backward, a graph over every op). This one runs one forward with the BatchNorms
 folded, keeps each node's output, and walks the nodes back once: per conv one z+ forward and one
 transposed conv, about 3 forwards in all. A model with any other node (or that torch.fx cannot trace) is
-not covered: `GraphLrp.build` returns None and the caller uses zennit. Tests check both agree.
+not covered: `GraphLrp.build` returns None and the caller uses the rules by op. Tests check both agree.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-STABILIZER = 1e-12  # z+ denominators (ZPlusFlatFallback)
-EPSILON = 1e-6  # epsilon rule and proportional splits (zennit Epsilon/Norm stabilizer)
+from .lrp_rules import STABILIZER, stabilize, vjp
+
 CHUNK = 16  # samples propagated at once
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6)  # their outputs are >= 0, which z+ relies on
@@ -32,17 +32,6 @@ FLATTENS = {torch.flatten, torch.reshape}
 RELU = (torch.relu, torch.relu_)
 RELU6 = (lambda t: t.clamp(0.0, 6.0), lambda t: t.clamp_(0.0, 6.0))
 RESHAPE_METHODS = {"flatten", "view", "reshape"}
-
-
-def _stabilize(z: torch.Tensor) -> torch.Tensor:
-    """zennit's `stabilize`: add epsilon with the sign of z (+ for 0)."""
-    return z + EPSILON * ((z >= 0).to(z.dtype) * 2 - 1)
-
-
-def _vjp(fn, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    with torch.enable_grad():
-        leaf = x.detach().requires_grad_(True)
-        return torch.autograd.grad(fn(leaf), leaf, grad)[0]
 
 
 class _Conv:
@@ -337,12 +326,14 @@ class GraphLrp:
             return [(source, payload.relevance(x, r))]
         if kind == "linear":
             weight = payload.weight.detach()
-            return [(source, x * ((r / _stabilize(F.linear(x, weight))) @ weight))]
+            return [(source, x * ((r / stabilize(F.linear(x, weight))) @ weight))]
         if kind == "add":
             a, b = node.args
-            scaled = r / _stabilize(values[a] + values[b])
-            return [(a, values[a] * scaled), (b, values[b] * scaled)]
+            total = values[a] + values[b]
+            scaled = r / stabilize(total)
+            flat = r * (total == 0) / 2  # both 0: half to each (lrp_rules)
+            return [(a, values[a] * scaled + flat), (b, values[b] * scaled + flat)]
         function = payload if payload is not None else (lambda t: node.target(t, *node.args[1:], **node.kwargs))
         if kind == "split":
-            return [(source, x * _vjp(function, x, r / _stabilize(values[node])))]
-        return [(source, _vjp(function, x, r))]  # "gradient": max pooling, winner takes all
+            return [(source, x * vjp(function, x, r / stabilize(values[node])))]
+        return [(source, vjp(function, x, r))]  # "gradient": max pooling, winner takes all

@@ -208,11 +208,16 @@ def load_weights_file(model: nn.Module, path: str, source: ModelSource | None = 
     model.load_state_dict(state, strict=True)
 
 
+OUTPUT_NORMALISERS = (nn.Softmax, nn.LogSoftmax, nn.Sigmoid)  # probabilities: the logits are their input
+
+
 def output_layer(model: nn.Module, example: torch.Tensor) -> str | None:
-    """The leaf layer whose output IS the model's output (the classifier of a multi-output model picked
-    with --output), or None when the output is computed after the last layer."""
-    produced: list[tuple[str, torch.Tensor]] = []
-    hooks = [m.register_forward_hook(lambda module, inputs, output, name=n: produced.append((name, output)))
+    """The leaf layer whose output IS the model's logits (the classifier of a multi-output model picked with
+    --output; the layer before a Softmax, LogSoftmax or Sigmoid at the output), or None when the output is
+    computed after the last layer."""
+    produced: list[tuple[str, nn.Module, tuple, torch.Tensor]] = []
+    hooks = [m.register_forward_hook(lambda module, inputs, output, name=n: produced.append((name, module, inputs,
+                                                                                             output)))
              for n, m in model.named_modules() if not list(m.children())]
     try:
         with torch.no_grad():
@@ -220,7 +225,11 @@ def output_layer(model: nn.Module, example: torch.Tensor) -> str | None:
     finally:
         for h in hooks:
             h.remove()
-    return next((name for name, tensor in produced if tensor is out), None)
+    last = next(((name, module, inputs) for name, module, inputs, tensor in produced if tensor is out), None)
+    if last is not None and isinstance(last[1], OUTPUT_NORMALISERS) and last[2]:
+        out = last[2][0]
+        last = next(((name, module, inputs) for name, module, inputs, tensor in produced if tensor is out), None)
+    return None if last is None else last[0]
 
 
 def find_head(model: nn.Module, example: torch.Tensor | None = None) -> tuple[str, nn.Module]:

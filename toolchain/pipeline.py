@@ -23,6 +23,7 @@ from runtime_bench.accuracy import classification_metrics, harmonic_mean
 from runtime_bench.errors import InputError
 
 from .compensation import Compensation
+from .complexity import macs_and_params
 from .controller import ControllerConfig, Unit, is_number, run_controller
 from .costs import COSTS, channel_costs
 from .curves import class_averaged_auc, rate_grid, state_at_rates, step_ends
@@ -336,7 +337,7 @@ def ablation_accuracies(model: nn.Module, task: Task) -> dict:
 
 def curve_point(state: PruningState) -> dict:
     model, graph, task, example = state.task.model, state.graph, state.task, state.example
-    macs, params = tp.utils.count_ops_and_params(model, example)
+    macs, params = macs_and_params(model, example)
     test = evaluate(model, task.test_x, task.test_y, len(task.classes))
     small = evaluate(model, task.small_x, task.small_y, len(task.classes))
     point = {
@@ -374,6 +375,10 @@ class PruningState:
         self.example = task.small_x[:2]
         self.head = model.get_submodule(task.head_name)
         self.graph = graph = PruningGraph(model, self.example, protected=[self.head])
+        if graph.unprunable:
+            (root, why), count = next(iter(graph.unprunable.items())), len(graph.unprunable)
+            print(f"note: {count} channel group{'s' * (count > 1)} left whole, pruning them would change what the "
+                  f"model computes (first: {root}: {why})")
         self.original_filters = graph.original_filters
         self.refit = bool(config.refit_head)
         classes = len(task.classes)
@@ -402,7 +407,7 @@ class PruningState:
         self.record = lambda: None  # called after every commit
 
     def macs(self) -> int:
-        return int(tp.utils.count_ops_and_params(self.task.model, self.example[:1])[0])
+        return macs_and_params(self.task.model, self.example)[0]
 
     def head_inputs(self, selection: dict[str, list[int]]) -> list[int]:
         """Positions of the head's input features that removing `selection` takes away."""
@@ -589,7 +594,7 @@ def check_macs_reachable(graph: PruningGraph, config: PruneConfig, example: torc
     groups = floor_graph.groups()
     for root, channels in as_selection(removable_chunks(groups, config.round_to)).items():
         floor_graph.prune(root, channels)
-    least = int(tp.utils.count_ops_and_params(floor_model, example[:1])[0])
+    least = macs_and_params(floor_model, example)[0]
     if least > config.max_macs * dense_macs:
         raise InputError(
             f"--max-macs {config.max_macs}: the dense model cannot be brought that low: with every layer at its "

@@ -13,7 +13,10 @@ Constraints beyond torch-pruning's own:
   permutation and the split after it would no longer line up;
 - channels that are permuted and then flattened (channels-last `permute(0, 2, 3, 1).flatten(1)` before a
   linear layer) are not pruned: torch-pruning would map them as channel-major and cut the wrong columns;
-- the classifier (`protected`) never loses output channels, and its filters do not count in the rate.
+- the classifier (`protected`) never loses output channels, and its filters do not count in the rate;
+- any other group is pruned once, on a copy, when the graph is built, and left whole (`unprunable`, with the
+  reason) if the copy then fails or computes other outputs than the masked model: modules that keep
+  channel counts as plain numbers (split sizes, slices, fixed reshapes) are common in third-party models.
 
 We keep three things beside the model:
 
@@ -26,6 +29,7 @@ We keep three things beside the model:
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -35,9 +39,21 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn import functional as F
 
-from runtime_bench.errors import InputError
+from runtime_bench.errors import InputError, first_line
 
 from .models import SelectOutput
+
+
+def _channel_parameters(layer: nn.Module) -> dict[str, nn.Parameter]:
+    """A filter layer's own parameters other than weight and bias with one entry per output channel (the
+    gain of timm's weight-standardised ScaledStdConv2d): they must shrink with its filters."""
+    count = out_channels(layer)
+    return {n: p for n, p in layer.named_parameters(recurse=False)
+            if n not in ("weight", "bias") and p.ndim >= 1 and p.shape[0] == count}
+
+
+TRIAL_TOLERANCE = 1e-4  # a trial prune's outputs vs the masked model's, relative to the largest output
+_VERIFIED: dict[tuple, dict[str, str]] = {}  # PruningGraph._verify_groups, per model structure
 
 
 @dataclass
@@ -48,6 +64,18 @@ class ChannelGroup:
     members: list[str]  # filter layers (names) whose output channels belong to the group
     size: int  # current channel count
     stripes: int = 1  # conv groups of the grouped convs it touches: channels leave one per conv group
+    # Member layer -> its output channel for each of the group's channels (-1: none), where that is not the
+    # same index (a layer whose outputs are concatenated with others' covers only a segment of the group).
+    positions: dict[str, list[int]] | None = None
+
+    def member_scores(self, scores: dict[str, torch.Tensor], member: str) -> torch.Tensor:
+        """The member's scores per channel of the group (0 where it has no channel)."""
+        score = scores[member]
+        if not self.positions or member not in self.positions or len(score) == self.size and \
+                all(p == i for i, p in enumerate(self.positions[member])):
+            return score
+        index = torch.tensor(self.positions[member])
+        return torch.where(index >= 0, score[index.clamp(min=0)], torch.zeros((), dtype=score.dtype))
 
 
 def pointwise_linears(model: nn.Module) -> list[nn.Module]:
@@ -193,7 +221,8 @@ class PruningGraph:
     `protected` modules (the classifier head) never lose output channels.
     """
 
-    def __init__(self, model: nn.Module, example_input: torch.Tensor, protected: Sequence[nn.Module] = ()):
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, protected: Sequence[nn.Module] = (),
+                 verify: bool = True):
         self.model = model
         self.example_input = example_input
         self.protected = list(protected)
@@ -207,6 +236,8 @@ class PruningGraph:
         self.pruned_modules: set[nn.Module] = set()  # every module prune() changed; a cache user empties it
         self.original_filters = self.filters
         self._rebuild()
+        # Groups whose removal does not give the masked model's outputs: root -> why (left whole).
+        self.unprunable: dict[str, str] = self._verify_groups() if verify else {}
 
     def _rebuild(self) -> None:
         was_training = self.model.training
@@ -216,11 +247,18 @@ class PruningGraph:
         # A model whose logits were picked out of several outputs (--output) is traced whole: the other
         # outputs' layers read the same channels and must shrink with them.
         traced = self.model.model if isinstance(self.model, SelectOutput) else self.model
-        with torch.enable_grad(), traceable(self.model):
-            self.graph = tp.DependencyGraph().build_dependency(
-                traced, example_inputs=self.example_input, verbose=False,
-                customized_pruners={ChannelShuffle: _ShufflePruner()})
-        self.model.train(was_training)
+        try:
+            with torch.enable_grad(), traceable(self.model):
+                self.graph = tp.DependencyGraph().build_dependency(
+                    traced, example_inputs=self.example_input, verbose=False,
+                    customized_pruners={ChannelShuffle: _ShufflePruner()})
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a model torch-pruning cannot trace is the user's input
+            raise InputError(f"{type(traced).__name__}: torch-pruning cannot build the model's channel dependency "
+                             f"graph ({type(exc).__name__}: {first_line(exc)})") from None
+        finally:
+            self.model.train(was_training)
 
     def _out_members(self, group) -> dict[str, list[int]]:
         """filter layer name -> current output-channel indices that this torch-pruning group removes."""
@@ -231,6 +269,19 @@ class PruningGraph:
             if name in self.layers and self.graph.is_out_channel_pruning_fn(dep.handler):
                 members[name] = list(idxs)
         return members
+
+    def _positions(self, group, size: int) -> dict[str, list[int]] | None:
+        """ChannelGroup.positions from torch-pruning's root indices, for members not aligned with the root."""
+        positions = {}
+        for item in group.items:
+            name = self.names.get(item.dep.target.module) if isinstance(item.dep.target.module, nn.Module) else None
+            roots = getattr(item, "root_idxs", None)
+            if name not in self.layers or not self.graph.is_out_channel_pruning_fn(item.dep.handler) or roots is None:
+                continue
+            mapping = {int(r): int(i) for i, r in zip(item.idxs, roots)}
+            if any(mapping.get(r, -1) != r for r in range(size)):
+                positions[name] = [mapping.get(r, -1) for r in range(size)]
+        return positions or None
 
     def _constraints(self, group, root_idxs: Sequence[int]) -> tuple[int, str | None]:
         """(stripes, why the group cannot be pruned or None) for a torch-pruning group."""
@@ -254,6 +305,74 @@ class PruningGraph:
                 stripes = stripes * module.groups // math.gcd(stripes, module.groups)
         return stripes, None
 
+    def _verify_groups(self) -> dict[str, str]:
+        """root -> why, for every group that cannot be removed correctly: half its channels pruned on a copy
+        of the model (`_trial`), that copy must compute what the masked model computes.
+
+        Why: torch-pruning shrinks the layers, but a module that keeps channel counts as plain numbers
+        (split sizes, slices such as `x[:, :self.out_chs]`, reshapes to a fixed width) still uses the old
+        ones, and the pruned model fails or silently computes something else. All groups are tried at once
+        (a model without such modules costs one trial), then one by one. Cached per structure.
+        """
+        key = (type(self.model).__module__, type(self.model).__qualname__, tuple(self.example_input.shape),
+               tuple((n, out_channels(m)) for n, m in self.layers.items()),
+               tuple(self.names[m] for m in self.protected))
+        if key not in _VERIFIED:
+            groups = self.groups()
+            reasons: dict[str, str] = {}
+            if self._trial(groups) is not None:
+                # Each group alone, then the survivors together (halving any set that still fails).
+                for group in groups:
+                    failure = self._trial([group])
+                    if failure is not None:
+                        reasons[group.root] = failure
+                pending = [[g for g in groups if g.root not in reasons]]
+                while pending:
+                    subset = pending.pop()
+                    failure = self._trial(subset)
+                    if failure is None:
+                        continue
+                    if len(subset) == 1:
+                        reasons[subset[0].root] = failure
+                    else:
+                        pending += [subset[:len(subset) // 2], subset[len(subset) // 2:]]
+            _VERIFIED[key] = reasons
+        return dict(_VERIFIED[key])
+
+    def _trial(self, groups: list[ChannelGroup]) -> str | None:
+        """Why removing half the channels (in stripes) of each of `groups` goes wrong, or None if it does not:
+        the pruned copy must fail nowhere, lose exactly those channels and compute the masked outputs."""
+        groups = [g for g in groups if g.size // g.stripes >= 2]
+        if not groups:
+            return None
+        selection = {g.root: [j + k * (g.size // g.stripes) for k in range(g.stripes)
+                              for j in range(g.size // g.stripes // 2)] for g in groups}
+        copied = copy.deepcopy(self.model)
+        x = self.example_input
+        try:
+            trial = PruningGraph(copied, x, [copied.get_submodule(self.names[m]) for m in self.protected],
+                                 verify=False)
+            for root, channels in selection.items():
+                trial.prune(root, channels)
+            sizes = {g.root: g.size for g in groups}
+            for root, channels in selection.items():
+                left = out_channels(trial.modules[root])
+                if left != sizes[root] - len(channels):
+                    return f"removing {len(channels)} of its {sizes[root]} channels leaves {left}"
+            with torch.no_grad():
+                copied.eval()
+                shrunk = copied(x)
+                with self.mask(selection):
+                    was_training = self.model.training
+                    reference = self.model.eval()(x)
+                    self.model.train(was_training)
+        except Exception as exc:  # noqa: BLE001 - any failure of the trial is the reason
+            return f"the pruned model fails ({first_line(exc)})"
+        gap = float((shrunk - reference).abs().max()) if shrunk.shape == reference.shape else math.inf
+        if not gap <= TRIAL_TOLERANCE * float(reference.abs().max()):
+            return f"the pruned model computes other outputs than the masked one (max |diff| {gap:.3g})"
+        return None
+
     def _ignored(self) -> list[nn.Module]:
         """Never roots: the protected layers and the linear layers that are not filter layers (VGG's fc6)."""
         filters = set(self.layers.values())
@@ -265,13 +384,14 @@ class PruningGraph:
         for group in self.graph.get_all_groups(ignored_layers=self._ignored(),
                                                root_module_types=[nn.Conv2d, nn.Linear]):
             root = group[0].dep.target.module
-            members = list(self._out_members(group))
+            members = self._out_members(group)
             if self.names[root] not in members:
                 continue
             size = out_channels(root)
             stripes, unsupported = self._constraints(group, range(size))
-            if unsupported is None:
-                result.append(ChannelGroup(root=self.names[root], members=members, size=size, stripes=stripes))
+            if unsupported is None and self.names[root] not in getattr(self, "unprunable", {}):
+                result.append(ChannelGroup(root=self.names[root], members=list(members), size=size, stripes=stripes,
+                                           positions=self._positions(group, size)))
         return result
 
     @property
@@ -300,6 +420,7 @@ class PruningGraph:
             raise InputError(f"{root}: refusing to remove all {size} channels of a layer")
         group = self.group_of(root, channels)
         stripes, unsupported = self._constraints(group, channels)
+        unsupported = unsupported or self.unprunable.get(root)
         if unsupported is not None:
             raise InputError(f"{root}: its channels cannot be pruned: {unsupported}")
         width, removing = size // stripes, set(channels)
@@ -308,10 +429,17 @@ class PruningGraph:
                              f"{stripes} groups of {width})")
         before = self.filters
         self.pruned_modules |= {dep.target.module for dep, _ in group if isinstance(dep.target.module, nn.Module)}
-        for name, idxs in self._out_members(group).items():
+        removed = self._out_members(group)
+        extras = {name: _channel_parameters(self.layers[name]) for name in removed}
+        for name, idxs in removed.items():
             drop = set(idxs)
             self.kept[name] = [orig for i, orig in enumerate(self.kept[name]) if i not in drop]
         group.prune()
+        for name, idxs in removed.items():
+            layer, drop = self.layers[name], set(idxs)
+            for attr, param in extras[name].items():  # torch-pruning prunes only weight and bias
+                keep = [i for i in range(param.shape[0]) if i not in drop]
+                setattr(layer, attr, nn.Parameter(param.detach()[keep].clone(), requires_grad=param.requires_grad))
         return before - self.filters
 
     def readers(self, selection: dict[str, list[int]]) -> Iterator[tuple[nn.Module, list[int]]]:
@@ -429,7 +557,7 @@ def rank_chunks(groups: Sequence[ChannelGroup], scores: dict[str, torch.Tensor],
         raise InputError(f"--round-to {round_to}: must be a positive integer")
     ranked = []  # (score, group index, position, chunk)
     for gi, group in enumerate(groups):
-        channel_scores = sum(scores[m].to(torch.float64) for m in group.members)
+        channel_scores = sum(group.member_scores(scores, m).to(torch.float64) for m in group.members)
         if costs is not None:
             channel_scores = channel_scores / costs[group.root]
         stripes = group.stripes
@@ -439,8 +567,15 @@ def rank_chunks(groups: Sequence[ChannelGroup], scores: dict[str, torch.Tensor],
         step = round_to // math.gcd(round_to, stripes)  # stripes per chunk
         removable = width - (step if width > step else width)
         start, size = 0, width % step or step
+        # A member that covers only part of the group must keep some of its own channels too.
+        partial = [{r for r, p in enumerate(positions) if p >= 0} for positions in (group.positions or {}).values()
+                   if min(positions) < 0]
+        removed: set[int] = set()
         while start + size <= removable:
             idxs = [j + k * width for k in range(stripes) for j in order[start : start + size]]
+            removed |= set(idxs)
+            if any(len(covered - removed) < min(step, len(covered)) for covered in partial):
+                break
             score = float(channel_scores[idxs].mean())
             ranked.append((score, gi, start, Chunk(group.root, tuple(idxs), len(idxs) * len(group.members), score)))
             start, size = start + size, step
@@ -488,7 +623,7 @@ def select_channels(
 def masked(model: nn.Module, example_input: torch.Tensor, plan: dict[str, list[int]],
            protected: Sequence[nn.Module] = ()) -> Iterator[nn.Module]:
     """The DENSE model with the plan's removed channels masked (see PruningGraph.mask)."""
-    graph = PruningGraph(model, example_input, protected)
+    graph = PruningGraph(model, example_input, protected, verify=False)
     selection = {}
     for group in graph.groups():
         keep = set(plan.get(group.root, range(group.size)))
