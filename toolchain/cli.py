@@ -99,7 +99,7 @@ def _prune_options(parser: argparse.ArgumentParser) -> None:
     add("--round-to", type=int, help="keep channel counts multiples of N (default 8; 1 turns it off)")
     add("--head-rule", help="LRP rule on linear layers: epsilon (default) or zplus")
     add("--allow-fallback", action="store_true", default=None,
-        help="use gradient x input (with a warning) for layers that have no LRP rule, instead of failing")
+        help="use gradient x input (with a warning) for ops that have no LRP rule, instead of failing")
     add("--batch-size", type=int, help="images per relevance batch (default 32)")
     add("--seed", type=int, help="seed of the small-set draw (default 0)")
     dpx = parser.add_argument_group("accuracy-aware controller (--method dpx; --step is s_max, --rate p_max)")

@@ -80,7 +80,7 @@ class PruneConfig:
     cost: str = "filters"  # rank by relevance / what a channel's removal saves: filters, macs, latency
     profile_backend: str | None = None  # --cost latency: the runtime the per-layer profile is measured on
     head_rule: str = "epsilon"
-    allow_fallback: bool = False  # gradient x input, with a warning, for layers without an LRP rule
+    allow_fallback: bool = False  # gradient x input, with a warning, for ops without an LRP rule
     batch_size: int = 32
     seed: int = 0
     # The accuracy-aware controller (--method dpx, METHOD.md); `step` is its s_max, `rate` its p_max.
