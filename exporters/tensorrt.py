@@ -311,6 +311,8 @@ def _build(env: dict, onnx_bytes: bytes, where: str, precision: str, batch_sizes
     notes = {"timing_cache_reused": reused}
 
     calibrator = None
+    if precision == "fp32":  # TF32 (on by default) would round fp32 matmuls to a 10-bit mantissa
+        config.clear_flag(trt.BuilderFlag.TF32)
     if generation == 10 and precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)  # int8 too: layers without INT8 kernels fall back to FP16
     if generation == 10 and precision == "int8":

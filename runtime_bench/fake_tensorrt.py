@@ -293,7 +293,9 @@ class _TimingCache:
 class _Config:
     def __init__(self, module: FakeTensorRT) -> None:
         self.module = module
-        self.flags: set = set()
+        # BuilderFlag.TF32 is on in a new IBuilderConfig (NvInfer.h, BuilderFlag::kTF32: "enabled by default"),
+        # in TensorRT 10 and 11 alike.
+        self.flags: set = {module.BuilderFlag.TF32}
         self.profiles: list = []
         self.pool_limits: dict = {}
         self.timing_cache = None
@@ -301,6 +303,9 @@ class _Config:
 
     def set_flag(self, flag: Any) -> None:
         self.flags.add(flag)
+
+    def clear_flag(self, flag: Any) -> None:
+        self.flags.discard(flag)
 
     def set_memory_pool_limit(self, pool: Any, nbytes: int) -> None:
         self.pool_limits[pool] = nbytes
