@@ -6,17 +6,16 @@ Runtimes are imported lazily inside the backend so that `import runtime_bench` n
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from typing import Any, Callable
 
 import numpy as np
 
+from runtime_bench.backend_api import FAKE_TENSORRT_BACKEND_NAME, Backend, check_model_file
 from runtime_bench.errors import InputError
 
 FAKE_BACKEND_NAME = "fake-sleep-for-tests"
-FAKE_TENSORRT_BACKEND_NAME = "fake-tensorrt-for-tests"
 
 
 def _first_line(text: str, limit: int = 200) -> str:
@@ -30,50 +29,12 @@ def _first_line(text: str, limit: int = 200) -> str:
     return "no details"
 
 
-def _check_model_file(model_path: Any) -> str:
-    path = os.fspath(model_path)
-    if not os.path.exists(path):
-        raise InputError(f"{path}: no such file")
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: not a file")
-    return path
-
-
 def _check_threads(threads: int | None) -> int | None:
     if threads is None:
         return None
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
         raise InputError(f"threads={threads!r}: must be a positive integer (or None for the runtime default)")
     return int(threads)
-
-
-class Backend:
-    """What the harness needs from a runtime: run one batch, and describe itself.
-
-    Subclasses set `name`, `input_name` and `input_shape` (batch dim may be None or a symbolic str).
-    """
-
-    name = "backend"
-
-    def __init__(self) -> None:
-        self.input_name = "input"
-        self.input_shape: list[Any] = []
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """Run the model on `batch` and return the first output (float32 logits)."""
-        raise NotImplementedError
-
-    def prepare(self, batch: np.ndarray) -> Callable[[], np.ndarray]:
-        """Return a zero-argument callable that runs the model once on `batch`.
-
-        The timing code times the callable, so anything that is not inference (dtype conversion,
-        building the feed) belongs here, outside the timed call.
-        """
-        prepared = np.ascontiguousarray(batch, dtype=np.float32)
-        return lambda: self.run(prepared)
-
-    def info(self) -> dict[str, Any]:
-        raise NotImplementedError
 
 
 class OrtCpuBackend(Backend):
@@ -86,7 +47,7 @@ class OrtCpuBackend(Backend):
     def __init__(self, model_path: Any, threads: int | None = None) -> None:
         super().__init__()
         ort = _import_onnxruntime(self.name, self.package)
-        self.model_path = _check_model_file(model_path)
+        self.model_path = check_model_file(model_path)
         self.threads = _check_threads(threads)
         self._ort_version = getattr(ort, "__version__", "unknown")
 
@@ -176,7 +137,7 @@ class FakeSleepBackend(Backend):
         super().__init__()
         self.model_path = None
         if model_path is not None:
-            self.model_path = _check_model_file(model_path)
+            self.model_path = check_model_file(model_path)
             spec = _read_fake_spec(self.model_path)
             seconds_per_call = float(spec.get("seconds_per_call", seconds_per_call))
             seconds_per_image = float(spec.get("seconds_per_image", seconds_per_image))

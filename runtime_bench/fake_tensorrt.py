@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime_bench.backends import FAKE_TENSORRT_BACKEND_NAME, _check_model_file
+from runtime_bench.backend_api import FAKE_TENSORRT_BACKEND_NAME, check_model_file
 from runtime_bench.tensorrt_backend import TensorRTBackend
 
 FAKE_ENGINE_FORMAT = "fake-tensorrt-engine"
@@ -625,7 +625,7 @@ class FakeTensorRTBackend(TensorRTBackend):
     name = FAKE_TENSORRT_BACKEND_NAME
 
     def __init__(self, model_path: Any, threads: int | None = None, generation: int | None = None) -> None:
-        path = _check_model_file(model_path)
+        path = check_model_file(model_path)
         cudart = FakeCudaRuntime()
         trt = FakeTensorRT(generation or engine_generation(path), cudart)
         super().__init__(path, threads, trt=trt, cudart=cudart)

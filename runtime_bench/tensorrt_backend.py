@@ -17,7 +17,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from runtime_bench.backends import Backend, _check_model_file
+from runtime_bench.backend_api import Backend, check_model_file
 from runtime_bench.errors import InputError
 
 SUPPORTED_GENERATIONS = (10, 11)
@@ -205,7 +205,7 @@ class TensorRTBackend(Backend):
 
     def __init__(self, model_path: Any, threads: int | None = None, trt: Any = None, cudart: Any = None) -> None:
         super().__init__()
-        self.model_path = _check_model_file(model_path)
+        self.model_path = check_model_file(model_path)
         if threads is not None:
             raise InputError(f"backend '{self.name}' runs on the GPU; threads={threads!r} does not apply")
         self.threads = None

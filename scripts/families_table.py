@@ -47,7 +47,7 @@ def timm_lines(results: dict) -> list[str]:
     for name, arch in CORPUS.items():
         result = results.get(f"timm:{name}", {"outcome": "not run", "seconds": 0})
         mark = {"passed": "passed", "failed": "FAILED"}.get(result["outcome"], result["outcome"])
-        status = (arch.status or "supported").replace("\\", "").replace("|", "/")
+        status = (arch.status or "supported").replace("|", "/")
         lines.append(f"| {name} | {timm_family(name)} | {arch.what} | {mark} | {status} | {result['seconds']} |")
     for name, why in NOT_RUN.items():
         lines.append(f"| {name} | {timm_family(name)} | | not run | unsupported: {why} | |")

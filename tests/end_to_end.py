@@ -61,7 +61,9 @@ def check_end_to_end(dense: nn.Module, images: torch.Tensor, cuts: Callable[[nn.
     scores = lrp_filter_scores(dense, images, torch.tensor([i % 3 for i in range(len(images))]))
     layers = filter_layers(dense)
     assert set(scores) == set(layers)
-    assert all(torch.isfinite(s).all() and (s >= 0).all() for s in scores.values())
+    for layer, score in scores.items():
+        assert score.shape == (out_channels(layers[layer]),)
+        assert torch.isfinite(score).all() and (score >= 0).all(), layer
     assert sum(float(s.sum()) for s in scores.values()) > 0
 
     shrunk = copy.deepcopy(dense)
@@ -98,5 +100,5 @@ def check_end_to_end(dense: nn.Module, images: torch.Tensor, cuts: Callable[[nn.
 
     from exporters.onnx import export_verified
 
-    assert export_verified(shrunk, images.numpy(), onnx_path, exporter=exporter)["passed"]
+    assert export_verified(shrunk, images.numpy(), onnx_path, exporter=exporter)["passed"] and onnx_path.is_file()
     return graph

@@ -4,26 +4,21 @@ with parity. Small inputs (not 224) keep each family to seconds."""
 
 from __future__ import annotations
 
-import copy
 import pathlib
 
 import pytest
 import torch
-from end_to_end import CONSERVATION_TOL, MASK_TOL, RATE, ROUND_TO, prune_by_relevance
+from end_to_end import CONSERVATION_TOL, check_end_to_end
 from models_for_tests import calibrated, realistic_family
 from torch import nn
 from torch.nn import functional as F
 
 from runtime_bench.errors import InputError
-from toolchain.artifact import apply_shapes, layer_shapes
 from toolchain.families import FAMILIES, build, classifier_layer, families_table, graph_cuts, unscored_layers
 from toolchain.relevance import lrp_filter_scores, relevance_at, rule_table
 from toolchain.surgery import (
     ChannelGroup,
     PruningGraph,
-    filter_layers,
-    masked,
-    out_channels,
     rank_chunks,
 )
 
@@ -44,77 +39,18 @@ def family_params():
         yield pytest.param(name, marks=marks, id=name)
 
 
-def assert_conserved(name: str, model: nn.Module, images: torch.Tensor, what: str) -> None:
-    with torch.no_grad():
-        labels = model(images).argmax(1)  # the true class of a random model: a logit that is not ~0
-    cuts = graph_cuts(name, model)
-    relevance = relevance_at(model, images, labels, cuts)
-    assert set(relevance) == set(cuts)
-    for layer, r in relevance.items():
-        per_sample = r.flatten(1).sum(1)
-        torch.testing.assert_close(per_sample, torch.ones(len(images)), rtol=0, atol=CONSERVATION_TOL,
-                                   msg=f"{name} ({what}) {layer}: relevance not conserved: {per_sample.tolist()}")
-
-
 @pytest.mark.parametrize("name", family_params())
 def test_family_end_to_end(name, tmp_path: pathlib.Path):
     spec, size = FAMILIES[name], SIZES[name]
     assert size != 224 and size >= spec.min_size
+    assert spec.conserves, f"{name}: the registry says relevance is not conserved; test what it does instead"
     dense = realistic_family(name, size)
     torch.manual_seed(0)
     images = torch.randn(3, 3, size, size)
-
-    # Every op on the relevance path has a rule.
-    assert "NONE" not in rule_table(dense, images[:1]).values()
-
-    # Relevance: conserved through every cut of the graph; scores finite and non-negative for every filter.
-    assert spec.conserves, f"{name}: the registry says relevance is not conserved; test what it does instead"
-    assert_conserved(name, dense, images, "dense")
-    scores = lrp_filter_scores(dense, images, torch.tensor([0, 3, 7]))
-    layers = filter_layers(dense)
-    assert set(scores) == set(layers)
-    for layer, score in scores.items():
-        assert score.shape == (out_channels(layers[layer]),)
-        assert torch.isfinite(score).all() and (score >= 0).all(), layer
-    assert sum(float(s.sum()) for s in scores.values()) > 0
-
-    # Prune 30% by relevance with round_to 8; the classifier keeps its outputs.
-    shrunk = copy.deepcopy(dense)
-    head_name, head = classifier_layer(shrunk)
-    graph = PruningGraph(shrunk, images[:2], protected=[head])
-    prune_by_relevance(graph, scores)
-    assert graph.pruned_fraction >= RATE - 1e-3
-    for layer, kept in graph.plan().items():
-        assert len(kept) % ROUND_TO == 0, (layer, len(kept))
-    assert out_channels(head) == 10
-
-    # The shrunk model computes what the masked dense model computes; masking is reversible.
-    with torch.no_grad():
-        dense_out = dense(images)
-        shrunk_out = shrunk(images)
-        with masked(dense, images[:2], graph.plan(), protected=[classifier_layer(dense)[1]]):
-            masked_out = dense(images)
-        restored_out = dense(images)
-    scale = float(dense_out.abs().max())
-    torch.testing.assert_close(shrunk_out, masked_out, rtol=MASK_TOL, atol=MASK_TOL * scale)
-    assert not torch.allclose(shrunk_out, dense_out, atol=MASK_TOL * scale), "pruning changed nothing"
-    assert torch.equal(restored_out, dense_out)
-
-    # Relevance still works, and is still conserved, on the pruned model.
-    assert_conserved(name, shrunk, images, "pruned")
-
-    # Artifact round trip: the factory's model, reshaped from the manifest, loads the weights strictly.
-    rebuilt = build(name, num_classes=10)
-    apply_shapes(rebuilt, layer_shapes(shrunk))
-    rebuilt.load_state_dict(shrunk.state_dict(), strict=True)
-    with torch.no_grad():
-        torch.testing.assert_close(rebuilt.eval()(images), shrunk_out, rtol=1e-6, atol=1e-6 * scale)
-
-    # ONNX export of the pruned model passes the parity gate (raises CheckFailed otherwise).
-    from exporters.onnx import export_verified
-
-    record = export_verified(shrunk, images.numpy(), tmp_path / f"{name}.onnx", exporter="auto")
-    assert record["passed"] and (tmp_path / f"{name}.onnx").is_file()
+    # Rules, conservation through every cut of the graph, 30% pruned with round_to 8, masked == shrunk,
+    # the artifact round trip and ONNX export with parity (tests/end_to_end.py).
+    check_end_to_end(dense, images, lambda model: graph_cuts(name, model), lambda: build(name, num_classes=10),
+                     tmp_path / f"{name}.onnx")
 
 
 def test_op_without_rule_is_refused_or_falls_back_with_a_warning():

@@ -17,6 +17,8 @@ from torch import nn
 from runtime_bench.bundle import sha256_file
 from runtime_bench.errors import InputError
 
+from .outputs import SelectOutput
+
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 
 
@@ -31,28 +33,6 @@ class ModelSource:
 
     def to_dict(self) -> dict:
         return {"model": self.model, "weights": self.weights, "output": self.output, "hashes": self.hashes}
-
-
-class SelectOutput(nn.Module):
-    """Picks the class logits out of a model that returns a tuple or a dict."""
-
-    def __init__(self, model: nn.Module, key: int | str):
-        super().__init__()
-        self.model = model
-        self.key = key
-
-    def forward(self, x):
-        out = self.model(x)
-        try:
-            return out[self.key]
-        except (IndexError, KeyError, TypeError):
-            if isinstance(out, dict):
-                has = f"dict with keys {', '.join(map(str, out))}"
-            elif isinstance(out, (tuple, list)):
-                has = f"{type(out).__name__} of {len(out)}"
-            else:
-                has = type(out).__name__
-            raise InputError(f"--output {self.key}: the model returns a {has}; no such entry") from None
 
 
 def is_weights_file(weights: str | None) -> bool:

@@ -440,8 +440,9 @@ class PruningState:
     def restore(self, snapshot: tuple[nn.Module, dict[str, list[int]]]) -> tuple[nn.Module, PruningGraph]:
         """The model and graph of an earlier snapshot (the state object itself is done after this)."""
         model, kept = snapshot
-        graph = PruningGraph(model, self.example, protected=[model.get_submodule(self.task.head_name)])
+        graph = PruningGraph(model, self.example, protected=[model.get_submodule(self.task.head_name)], verify=False)
         graph.kept, graph.original_out, graph.original_filters = kept, self.graph.original_out, self.original_filters
+        graph.unprunable = self.graph.unprunable  # verified on the dense model; the snapshot is one of its states
         return model, graph
 
     def commit_selection(self, selection: dict[str, list[int]]) -> None:

@@ -41,7 +41,7 @@ from torch.nn import functional as F
 
 from runtime_bench.errors import InputError, first_line
 
-from .models import SelectOutput
+from .outputs import SelectOutput
 
 
 def _channel_parameters(layer: nn.Module) -> dict[str, nn.Parameter]:
@@ -237,7 +237,9 @@ class PruningGraph:
         self.original_filters = self.filters
         self._rebuild()
         # Groups whose removal does not give the masked model's outputs: root -> why (left whole).
-        self.unprunable: dict[str, str] = self._verify_groups() if verify else {}
+        self.unprunable: dict[str, str] = {}
+        if verify:
+            self.unprunable = self._verify_groups()
 
     def _rebuild(self) -> None:
         was_training = self.model.training
@@ -389,7 +391,7 @@ class PruningGraph:
                 continue
             size = out_channels(root)
             stripes, unsupported = self._constraints(group, range(size))
-            if unsupported is None and self.names[root] not in getattr(self, "unprunable", {}):
+            if unsupported is None and self.names[root] not in self.unprunable:
                 result.append(ChannelGroup(root=self.names[root], members=list(members), size=size, stripes=stripes,
                                            positions=self._positions(group, size)))
         return result
