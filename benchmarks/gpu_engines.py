@@ -7,8 +7,9 @@ For each model: prune it on the default task (configs/default.yaml: Fashion-MNIS
 WORK/<model>/pruned.json is already there for the same config, export dense.onnx and model.onnx through the
 parity gate, then for each precision build the dense and pruned engines (the small labelled set calibrates
 INT8) and record: the accuracy of each engine on the test set next to its FP32 ONNX model (top-1 agreement,
-accuracy delta); host latency p50/p90/p99 at batch 1 with dense and pruned timed alternately, the speedup
-and its bootstrap spread; GPU compute latency alone; per-layer times (TensorRT profiler) of both engines.
+accuracy delta); at batch 1 with dense and pruned timed alternately, the latency as trtexec defines it (H2D +
+GPU compute + D2H, each from CUDA events) and the wall clock of the same calls on the host, p50/p90/p99, the
+speedup and its bootstrap spread; per-layer times (TensorRT profiler) of both engines.
 With onnxruntime-gpu, the FP32 ONNX models are also timed on ONNX Runtime's CUDA and TensorRT providers.
 Writes benchmarks/results/gpu_<card>.json.
 """
@@ -32,9 +33,7 @@ from runtime_bench.backends import OrtCpuBackend, open_backend  # noqa: E402
 from runtime_bench.bench import run_benchmark  # noqa: E402
 from runtime_bench.errors import EdgePruneError  # noqa: E402
 from runtime_bench.report import write_json_atomic  # noqa: E402
-from runtime_bench.stats import summarize  # noqa: E402
 from runtime_bench.tensorrt_backend import TensorRTBackend  # noqa: E402
-from runtime_bench.timing import measure  # noqa: E402
 
 FORMAT = "edgeprune-gpu-engines/1"
 MODELS = {"mobilenet_v2": "IMAGENET1K_V1", "resnet18": "IMAGENET1K_V1"}
@@ -44,8 +43,8 @@ def card_slug(gpu: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-") or "gpu"
 
 
-def _latency(entry: dict) -> dict:
-    return {k: entry["latency"][k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "count")}
+def _latency(summary: dict) -> dict:
+    return {k: summary[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "count")}
 
 
 def measure_pair(onnx: dict, precisions: list, calibration: Any, images: Any, labels: Any, num_classes: int,
@@ -64,9 +63,7 @@ def measure_pair(onnx: dict, precisions: list, calibration: Any, images: Any, la
                                                      num_classes)
         report = run_benchmark(engines, images, labels, num_classes, backend="tensorrt", batch_size=1,
                                warmup_s=0.5, progress=False, **timing)
-        compute = {label: summarize(measure(engine.prepare_compute(images[:1]), warmup_runs=timing["warmup_runs"],
-                                            min_runs=timing["min_runs"], min_s=timing["min_s"] / 2))
-                   for label, engine in engines.items()}
+        events = {label: report["models"][label]["gpu_events"] for label in engines}
         layers = {label: engine.layer_times(images[:1], runs=layer_runs) for label, engine in engines.items()}
         for engine in engines.values():
             engine.close()
@@ -74,10 +71,13 @@ def measure_pair(onnx: dict, precisions: list, calibration: Any, images: Any, la
         results[precision] = {
             "build": built,
             "accuracy": accuracy,
-            "latency": {label: _latency(report["models"][label]) for label in engines},
-            "speedup_p50": comparison["speedup_p50"], "speedup_low": comparison["low"],
+            # trtexec's latency (CUDA events) and, of the same calls, the wall clock on the host
+            "latency": {label: _latency(e["latency"]) for label, e in events.items()},
+            "wall_clock": {label: _latency(report["models"][label]["latency"]) for label in engines},
+            "speedup_p50": comparison["speedup_p50"], "speedup_low": comparison["low"],  # of the wall clock
             "speedup_high": comparison["high"],
-            "compute": {label: {k: s[k] for k in ("p50_ms", "p90_ms", "p99_ms", "count")} for label, s in compute.items()},
+            "speedup_p50_events": events["dense"]["latency"]["p50_ms"] / events["pruned"]["latency"]["p50_ms"],
+            **{part: {label: _latency(e[part]) for label, e in events.items()} for part in ("h2d", "compute", "d2h")},
             "layers": layers,
         }
     return results
@@ -94,7 +94,7 @@ def onnxruntime_gpu(onnx: dict, images: Any, labels: Any, num_classes: int, timi
             continue
         report = run_benchmark(opened, images, labels, num_classes, backend=backend, batch_size=1, progress=False,
                                **timing)
-        results[backend] = {"latency": {label: _latency(report["models"][label]) for label in opened},
+        results[backend] = {"latency": {label: _latency(report["models"][label]["latency"]) for label in opened},
                             "speedup_p50": report["comparison"]["speedup_p50"]}
     return results
 

@@ -44,6 +44,7 @@ from runtime_bench.tensorrt_backend import (
     gpu_name,
     import_cuda_runtime,
     import_tensorrt,
+    process_logger,
     tensorrt_generation,
 )
 
@@ -107,12 +108,32 @@ def _write_bytes(data: bytes, path: pathlib.Path) -> None:
 # ----------------------------------------------------------------------------------- ONNX for TensorRT 11
 
 
+def float32_inputs(model: onnx.ModelProto) -> set:
+    """(node index, input index) of every node input that ONNX types as tensor(float) whatever the other
+    inputs are, e.g. the `scales` of Resize and Upsample: a float16 model must still feed them float32."""
+    opsets = {o.domain or "": o.version for o in model.opset_import}
+    fixed = set()
+    for n, node in enumerate(model.graph.node):
+        domain = node.domain or ""
+        try:
+            schema = onnx.defs.get_schema(node.op_type, opsets.get(domain, 1), domain)
+        except onnx.defs.SchemaError:  # a custom op: nothing known about its inputs
+            continue
+        formal = schema.inputs
+        for i, name in enumerate(node.input):
+            if name and formal and formal[min(i, len(formal) - 1)].type_str == "tensor(float)":
+                fixed.add((n, i))
+    return fixed
+
+
 def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of `model` computing in float16, with float32 inputs and outputs (a Cast at each end).
 
     Float initializers and Constant tensors become float16 (clipped to the float16 range), Cast-to-float
-    nodes cast to float16, and intermediate type annotations are dropped for shape inference to redo.
-    Raises InputError for graphs with subgraphs (If, Loop, Scan), which this converter does not walk.
+    nodes cast to float16, and intermediate type annotations are dropped for shape inference to redo. Inputs
+    that ONNX requires in float32 (`float32_inputs`: Resize and Upsample scales) keep their float32 values
+    exactly; one computed in the graph gets a Cast back to float32. Raises InputError for graphs with
+    subgraphs (If, Loop, Scan), which this converter does not walk.
     """
     converted = onnx.ModelProto()
     converted.CopyFrom(model)
@@ -120,14 +141,51 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
         raise InputError("float16 conversion: the model has subgraphs (If/Loop/Scan), which are not supported")
 
+    fixed = float32_inputs(converted)
+    float32_names = {graph.node[n].input[i] for n, i in fixed}
+    elsewhere = {name for n, node in enumerate(graph.node) for i, name in enumerate(node.input) if (n, i) not in fixed}
+    elsewhere |= {v.name for v in graph.output}
+    kept = float32_names - elsewhere  # read only where float32 is required: left as they are
+    initializers = {t.name: t for t in graph.initializer}
+    producer = {out: n for n, node in enumerate(graph.node) for out in node.output}
+    graph_inputs = {v.name for v in graph.input}
+
+    def cast_back(name: str) -> onnx.NodeProto:
+        return helper.make_node("Cast", [name], [f"{name}__float32"], to=TensorProto.FLOAT, name=f"{name}__to_float32")
+
+    copies, casts_back = [], {}  # float32 initializer copies; Casts back to float32, by the tensor they read
+    for name in sorted((float32_names & elsewhere) - graph_inputs):  # also read as float16: the float32 readers get their own
+        if name in initializers:
+            copy = TensorProto()
+            copy.CopyFrom(initializers[name])
+            copy.name = f"{name}__float32"
+            copies.append(copy)
+        else:
+            casts_back[name] = cast_back(name)
+    kept_nodes = set()  # Constants and Casts that produce a float32-only tensor: not converted
+    for name in sorted(kept - set(initializers) - graph_inputs):
+        n = producer.get(name)
+        if n is not None and graph.node[n].op_type in ("Constant", "Cast"):
+            kept_nodes.add(n)
+        else:
+            casts_back[name] = cast_back(name)
+    redirected = set(casts_back) | {c.name[: -len("__float32")] for c in copies}
+    for n, i in fixed:
+        if graph.node[n].input[i] in redirected:
+            graph.node[n].input[i] = f"{graph.node[n].input[i]}__float32"
+
     def half(tensor: TensorProto) -> None:
         if tensor.data_type == TensorProto.FLOAT:
             values = np.clip(numpy_helper.to_array(tensor), -FP16_MAX, FP16_MAX).astype(np.float16)
             tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
 
     for initializer in graph.initializer:
-        half(initializer)
-    for node in graph.node:
+        if initializer.name not in kept:
+            half(initializer)
+    graph.initializer.extend(copies)
+    for n, node in enumerate(graph.node):
+        if n in kept_nodes:
+            continue
         for attribute in node.attribute:
             if attribute.type == onnx.AttributeProto.TENSOR:
                 half(attribute.t)
@@ -135,16 +193,15 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
                 attribute.i = TensorProto.FLOAT16
     del graph.value_info[:]
 
-    initializers = {t.name for t in graph.initializer}
     casts_in, renamed = [], {}
     for value in graph.input:
         if value.name not in initializers and value.type.tensor_type.elem_type == TensorProto.FLOAT:
             renamed[value.name] = f"{value.name}__float16"
             casts_in.append(helper.make_node("Cast", [value.name], [renamed[value.name]], to=TensorProto.FLOAT16,
                                              name=f"{value.name}__to_float16"))
-    for node in graph.node:
+    for n, node in enumerate(graph.node):
         for i, name in enumerate(node.input):
-            if name in renamed:
+            if name in renamed and (n, i) not in fixed:
                 node.input[i] = renamed[name]
     casts_out = []
     for value in graph.output:
@@ -156,12 +213,15 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
                         node.output[i] = inner
             casts_out.append(helper.make_node("Cast", [inner], [value.name], to=TensorProto.FLOAT,
                                               name=f"{value.name}__to_float32"))
-    nodes = casts_in + list(graph.node) + casts_out
+    nodes = []
+    for node in casts_in + list(graph.node):
+        nodes.append(node)
+        nodes.extend(casts_back[out] for out in node.output if out in casts_back)
     del graph.node[:]
-    graph.node.extend(nodes)
+    graph.node.extend(nodes + casts_out)
     try:
         onnx.checker.check_model(converted, full_check=True)
-    except onnx.checker.ValidationError as exc:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise CheckFailed(f"float16 conversion produced an invalid model ({str(exc).strip().splitlines()[0]})") from None
     return converted
 
@@ -250,21 +310,6 @@ def _entropy_calibrator(trt: Any, cudart: Any, images: np.ndarray) -> Any:
     return SmallSetCalibrator()
 
 
-def _error_log(trt: Any) -> Any:
-    """A trt.ILogger that keeps TensorRT's error messages, so that a failed build can say why."""
-
-    class ErrorLog(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list = []
-
-        def log(self, severity: Any, message: str) -> None:
-            if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
-                self.errors.append(str(message).strip().splitlines()[0] if str(message).strip() else "no details")
-
-    return ErrorLog()
-
-
 def _parse(trt: Any, builder: Any, logger: Any, onnx_bytes: bytes, where: str, generation: int) -> Any:
     # TensorRT 11 is always strongly typed (the flag is kept but ignored); 10 must stay weakly typed to
     # take the FP16/INT8 builder flags.
@@ -282,7 +327,8 @@ def _build(env: dict, onnx_bytes: bytes, where: str, precision: str, batch_sizes
            calibration_images: np.ndarray | None, timing_cache_path: pathlib.Path) -> tuple:
     """(engine bytes, notes) from ONNX bytes already prepared for this TensorRT generation."""
     trt, cudart, generation = env["trt"], env["cudart"], env["generation"]
-    logger = _error_log(trt)
+    logger = process_logger(trt)  # a build's errors are only ever its own: cleared here, read on failure
+    logger.clear()
     builder = trt.Builder(logger)
     network, _parser = _parse(trt, builder, logger, onnx_bytes, where, generation)  # the parser owns the weights
     if network.num_inputs != 1:
@@ -323,15 +369,15 @@ def _build(env: dict, onnx_bytes: bytes, where: str, precision: str, batch_sizes
         calibration_profile.set_shape(tensor.name, single, single, single)
         config.set_calibration_profile(calibration_profile)
         config.int8_calibrator = calibrator
+    logger.clear()  # what parsing and the timing cache logged is not the reason of a failed build
     try:
         serialized = builder.build_serialized_network(network, config)
     finally:
         if calibrator is not None:
             calibrator.free()
     if serialized is None:
-        reason = logger.errors[0] if logger.errors else "no error logged"
         raise CheckFailed(f"{where}: TensorRT {env['version']} failed to build a {precision} engine on {env['gpu']} "
-                          f"({reason})")
+                          f"({logger.reason()})")
     if calibrator is not None:
         notes["calibration_images"] = calibrator.used
     _write_bytes(bytes(config.get_timing_cache().serialize()), timing_cache_path)

@@ -46,7 +46,8 @@ class Backend:
         """Return a zero-argument callable that runs the model once on `batch`.
 
         The timing code times the callable, so anything that is not inference (dtype conversion,
-        building the feed) belongs here, outside the timed call.
+        building the feed) belongs here, outside the timed call. A callable may also offer `collect()` and
+        `device_times` ({name: [ms per timed call]}): device timers read after each timed call, outside it.
         """
         prepared = np.ascontiguousarray(batch, dtype=np.float32)
         return lambda: self.run(prepared)

@@ -64,12 +64,7 @@ class OrtCpuBackend(Backend):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # Errors are reported by us in one line; runtime warnings on stderr would only add noise.
         options.log_severity_level = 3
-        try:
-            self._session = ort.InferenceSession(
-                self.model_path, sess_options=options, providers=self.providers
-            )
-        except Exception as exc:  # onnxruntime raises several unrelated types for unloadable files
-            raise InputError(f"{self.model_path}: not a loadable ONNX model ({_first_line(exc)})") from None
+        self._session = self._open_session(ort, options)
 
         inputs = self._session.get_inputs()
         if len(inputs) != 1:
@@ -83,6 +78,12 @@ class OrtCpuBackend(Backend):
         self.input_name = inputs[0].name
         self.input_shape = list(inputs[0].shape)
         self._output_names = [self._session.get_outputs()[0].name]
+
+    def _open_session(self, ort: Any, options: Any) -> Any:
+        try:
+            return ort.InferenceSession(self.model_path, sess_options=options, providers=self.providers)
+        except Exception as exc:  # onnxruntime raises several unrelated types for unloadable files
+            raise InputError(f"{self.model_path}: not a loadable ONNX model ({_first_line(exc)})") from None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         feed = {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
@@ -212,12 +213,34 @@ class OrtCudaBackend(OrtCpuBackend):
         active = self._session.get_providers()
         if not active or active[0] != wanted:
             raise InputError(
-                f"{self.model_path}: onnxruntime could not start {wanted} (it runs on {', '.join(active)}); "
-                "check the CUDA and cuDNN libraries"
+                f"{self.model_path}: onnxruntime {self._ort_version} could not start {wanted} (it runs on "
+                f"{', '.join(active)}); {self._requirements()}"
             )
         # The check above covers session creation only: on a provider failure inside run() the Python
         # wrapper would switch to the CPU and carry on. Fail instead.
         self._session.disable_fallback()
+
+    def _open_session(self, ort: Any, options: Any) -> Any:
+        """The session on the GPU provider, or a one-line error naming the provider's own failure.
+
+        onnxruntime's wrapper retries a failed provider on the CPU (enable_fallback=0 turns that off where it
+        exists); a retry that fails too raises its own error "from" the provider's. Whether the model itself
+        is at fault is decided by opening it on the CPU alone."""
+        wanted = self.providers[0]
+        try:
+            return ort.InferenceSession(self.model_path, sess_options=options, providers=self.providers,
+                                        enable_fallback=0)
+        except Exception as exc:
+            cause = exc.__cause__ or exc
+        try:
+            ort.InferenceSession(self.model_path, sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise InputError(f"{self.model_path}: not a loadable ONNX model ({_first_line(exc)})") from None
+        raise InputError(f"{self.model_path}: onnxruntime {self._ort_version} could not start {wanted} "
+                         f"({_first_line(cause)}); {self._requirements()}") from None
+
+    def _requirements(self) -> str:
+        return "check the CUDA and cuDNN libraries"
 
 
 class OrtTensorrtBackend(OrtCudaBackend):
@@ -225,6 +248,29 @@ class OrtTensorrtBackend(OrtCudaBackend):
 
     name = "ort-trt"
     providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    def _requirements(self) -> str:
+        # onnxruntime's TensorRT provider is built against one TensorRT major version; TensorRT 11 needs
+        # onnxruntime-gpu >= ORT_FOR_TENSORRT_11 (the provider's requirements, as read for issue 18).
+        try:
+            import tensorrt
+
+            major = int(str(tensorrt.__version__).split(".")[0])
+        except Exception:  # absent or broken: nothing more to say about it
+            major = None
+        if major is not None and major >= 11 and _version_tuple(self._ort_version) < ORT_FOR_TENSORRT_11:
+            wanted = ".".join(map(str, ORT_FOR_TENSORRT_11))
+            return (f"TensorRT {tensorrt.__version__} is installed, and onnxruntime's TensorRT provider needs "
+                    f"onnxruntime-gpu >= {wanted} for TensorRT 11")
+        return "check the TensorRT, CUDA and cuDNN libraries (the versions onnxruntime-gpu was built for)"
+
+
+ORT_FOR_TENSORRT_11 = (1, 27)
+
+
+def _version_tuple(version: str) -> tuple:
+    numbers = re.findall(r"\d+", str(version))[:2]
+    return tuple(int(n) for n in numbers) if numbers else (0,)
 
 
 def _open_tensorrt(model_path: Any, threads: int | None = None) -> Backend:

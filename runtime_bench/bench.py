@@ -168,10 +168,19 @@ def run_benchmark(
             "latency": latency,
             "accuracy": accuracy[label],
         }
+        device_times = getattr(timed[label], "device_times", None)
+        if device_times:
+            entries[label]["gpu_events"] = gpu_event_summary(device_times, batch_size, blocks)
         report_progress.line(
             f"{label}: p50 {latency['p50_ms']:.3f} ms, p90 {latency['p90_ms']:.3f} ms over {latency['count']} runs "
             f"(block p50 spread {latency['blocks']['relative_range']:.1%})"
         )
+        if "gpu_events" in entries[label]:
+            events = {name: v["p50_ms"] for name, v in entries[label]["gpu_events"].items()}
+            report_progress.line(
+                f"{label}: CUDA events p50: H2D + compute + D2H {events['latency']:.3f} ms (H2D {events['h2d']:.3f}, "
+                f"compute {events['compute']:.3f}, D2H {events['d2h']:.3f})"
+            )
     late = environment.temperature_warnings(env["after_timing"].get("thermal"), when="after timing")
     late += environment.drift_warnings({label: entry["latency"] for label, entry in entries.items()})
     for warning in late:
@@ -218,6 +227,16 @@ def run_benchmark(
         "num_classes": int(num_classes),
     }
     return bench_report(entries, comparison, settings, env)
+
+
+def gpu_event_summary(device_times: dict[str, list[float]], batch_size: int = 1, blocks: int = DEFAULT_BLOCKS) -> dict:
+    """Summaries of a GPU backend's event intervals (ms per timed call: "h2d_ms", "compute_ms", "d2h_ms"),
+    and of their sum under "latency": the latency as trtexec defines it (H2D + GPU compute + D2H)."""
+    seconds = {name[: -len("_ms")] if name.endswith("_ms") else name: np.asarray(values, dtype=np.float64) / 1000.0
+               for name, values in device_times.items()}
+    summary = {"latency": summarize(sum(seconds.values()), batch_size=batch_size, blocks=blocks)}
+    summary.update({name: summarize(values, batch_size=batch_size, blocks=blocks) for name, values in seconds.items()})
+    return summary
 
 
 def model_labels(paths: list[str]) -> list[str]:

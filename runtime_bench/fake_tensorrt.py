@@ -5,10 +5,14 @@ on a mock device. Nothing here is fast or touches a GPU.
 - `FakeCudaRuntime` stands in for `cuda.bindings.runtime`: cudaMalloc hands out host memory, but every copy
   checks that it stays inside an allocation, so a buffer planned too small fails as it would on a GPU
   (instead of silently writing past the end). It counts live allocations, so leaks are visible.
-- `FakeTensorRT(generation=10 | 11)` stands in for the `tensorrt` module, with the API difference that
-  matters here: generation 11 has no FP16/INT8 builder flags and no INT8 calibrator (strong typing only).
-  Its "engine" is JSON that carries the parsed ONNX model, and it executes that model with ONNX Runtime on
-  the CPU; the profiler reports one time per ONNX node (fixed values, not measurements).
+  CUDA events record the host clock, so their intervals are real but host-side.
+- `FakeTensorRT(generation=10 | 11)` stands in for the `tensorrt` module, with the API differences that
+  matter here, each enum value next to the line of the real source it mirrors (NVIDIA/TensorRT,
+  release/10.16 and 11.1): generation 11 has no FP16/INT8 builder flags, no INT8 calibrator and no
+  EXPLICIT_BATCH (strong typing only). Like libnvinfer, it keeps the first logger a Builder or Runtime was
+  given. Its "engine" is JSON that carries the parsed ONNX model, and it executes that model with ONNX
+  Runtime on the CPU; the profiler reports one time per ONNX node under the ONNX node's name (fixed values,
+  not measurements; a real engine reports fused layers such as "conv1 + relu1").
 
 Open a fake engine by name with the backend `fake-tensorrt-for-tests`.
 """
@@ -19,6 +23,7 @@ import base64
 import ctypes
 import enum
 import json
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -61,6 +66,8 @@ class FakeCudaRuntime:
         self.host: dict = {}
         self.streams: set = set()
         self._next_stream = 1
+        self.events: dict = {}  # handle -> host time it was last recorded at (None: never)
+        self._next_event = 1
 
     # -- devices
     def cudaGetDeviceCount(self) -> tuple:
@@ -97,7 +104,7 @@ class FakeCudaRuntime:
             CudaError.cudaErrorInvalidValue,)
 
     def live_allocations(self) -> int:
-        return len(self.device) + len(self.host)
+        return len(self.device) + len(self.host) + len(self.events)
 
     @staticmethod
     def _inside(registry: dict, pointer: int, nbytes: int) -> bool:
@@ -138,6 +145,30 @@ class FakeCudaRuntime:
         if int(stream) not in self.streams:
             return (CudaError.cudaErrorInvalidResourceHandle,)
         self.streams.discard(int(stream))
+        return (CudaError.cudaSuccess,)
+
+    # -- events (the host clock at record time: every call here is synchronous)
+    def cudaEventCreate(self) -> tuple:
+        event = self._next_event
+        self._next_event += 1
+        self.events[event] = None
+        return (CudaError.cudaSuccess, event)
+
+    def cudaEventRecord(self, event: int, stream: int) -> tuple:
+        if int(event) not in self.events or int(stream) not in self.streams:
+            return (CudaError.cudaErrorInvalidResourceHandle,)
+        self.events[int(event)] = time.perf_counter()
+        return (CudaError.cudaSuccess,)
+
+    def cudaEventElapsedTime(self, start: int, end: int) -> tuple:
+        times = [self.events.get(int(e)) for e in (start, end)]
+        if None in times:  # unknown, or never recorded
+            return (CudaError.cudaErrorInvalidResourceHandle, 0.0)
+        return (CudaError.cudaSuccess, (times[1] - times[0]) * 1000.0)
+
+    def cudaEventDestroy(self, event: int) -> tuple:
+        if self.events.pop(int(event), "gone") == "gone":
+            return (CudaError.cudaErrorInvalidResourceHandle,)
         return (CudaError.cudaSuccess,)
 
 
@@ -210,8 +241,9 @@ def _value_shape(value: Any) -> list:
 
 
 class _Network:
-    def __init__(self, flags: int) -> None:
+    def __init__(self, flags: int, strongly_typed: bool) -> None:
         self.flags = flags
+        self.strongly_typed = strongly_typed
         self.model = None
 
     @property
@@ -350,10 +382,15 @@ class _Config11(_Config):
 class _Builder:
     def __init__(self, module: FakeTensorRT, logger: Logger) -> None:
         self.module = module
-        self.logger = logger
+        self.logger = module.keep_first_logger(logger, "createInferBuilder")
 
     def create_network(self, flags: int = 0) -> _Network:
-        return _Network(flags)
+        known = sum(1 << int(f) for f in self.module.NetworkDefinitionCreationFlag)
+        if flags & ~known:
+            raise TypeError(f"create_network(): unknown NetworkDefinitionCreationFlag bits in {flags:#x}")
+        strongly_typed = self.module.generation >= 11 or bool(
+            flags & (1 << int(self.module.NetworkDefinitionCreationFlag.STRONGLY_TYPED)))
+        return _Network(flags, strongly_typed)
 
     def create_builder_config(self) -> _Config:
         return _Config10(self.module) if self.module.generation == 10 else _Config11(self.module)
@@ -386,7 +423,7 @@ class _Builder:
             self._error("dynamic input shape needs an optimization profile")
             return None
         flags = sorted(f.name for f in config.flags)
-        if network.flags & (1 << 1) and {"FP16", "INT8"} & set(flags):
+        if network.strongly_typed and {"FP16", "INT8"} & set(flags):
             self._error("a strongly typed network takes no precision flags")
             return None
         calibrated = 0
@@ -556,7 +593,7 @@ class _Context:
 class _Runtime:
     def __init__(self, module: FakeTensorRT, logger: Logger) -> None:
         self.module = module
-        self.logger = logger
+        self.logger = module.keep_first_logger(logger, "createInferRuntime")
 
     def deserialize_cuda_engine(self, blob: bytes) -> _Engine | None:
         try:
@@ -582,18 +619,44 @@ class FakeTensorRT:
     DataType = DataType
     MemoryPoolType = enum.Enum("MemoryPoolType", "WORKSPACE")
     ProfilingVerbosity = enum.Enum("ProfilingVerbosity", "LAYER_NAMES_ONLY DETAILED NONE")
-    NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", {"EXPLICIT_BATCH": 0,
-                                                                                   "STRONGLY_TYPED": 1})
 
     def __init__(self, generation: int = 10, cudart: FakeCudaRuntime | None = None) -> None:
         self.generation = generation
         self.__version__ = FAKE_VERSIONS[generation]
         self.cudart = cudart if cudart is not None else FakeCudaRuntime()
+        self.logger = None  # the first logger any Builder or Runtime was given
         if generation == 10:
-            self.BuilderFlag = enum.Enum("BuilderFlag", "FP16 INT8 TF32")
+            # include/NvInfer.h (release/10.16) lines 12102-12125, enum class NetworkDefinitionCreationFlag:
+            # kEXPLICIT_BATCH TRT_DEPRECATED_ENUM = 0, kSTRONGLY_TYPED = 1, kPREFER_JIT_PYTHON_PLUGINS = 2,
+            # kPREFER_AOT_PYTHON_PLUGINS = 3; python/src/infer/pyCore.cpp lines 1891-1900 bind all four.
+            self.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", {
+                "EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1, "PREFER_JIT_PYTHON_PLUGINS": 2,
+                "PREFER_AOT_PYTHON_PLUGINS": 3})
+            # include/NvInfer.h (release/10.16) lines 10468-10489, enum class BuilderFlag: kFP16
+            # TRT_DEPRECATED_ENUM = 0, kINT8 TRT_DEPRECATED_ENUM = 1, kTF32 = 6; pyCore.cpp lines 1670-1679.
+            self.BuilderFlag = enum.IntEnum("BuilderFlag", {"FP16": 0, "INT8": 1, "TF32": 6})
+            # python/src/infer/pyInt8.cpp (release/10.16) binds IInt8EntropyCalibrator2.
             self.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2
-        else:  # TensorRT 11: the precision flags and calibrators are gone
-            self.BuilderFlag = enum.Enum("BuilderFlag", "TF32")
+        else:
+            # include/NvInfer.h (11.1) lines 11462-11480: kSTRONGLY_TYPED TRT_DEPRECATED_ENUM = 0 ("Strongly
+            # typed mode is always enabled ... retained for API compatibility but is ignored"),
+            # kPREFER_JIT_PYTHON_PLUGINS = 1, kPREFER_AOT_PYTHON_PLUGINS = 2; pyCore.cpp lines 1771-1778 bind
+            # no EXPLICIT_BATCH.
+            self.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", {
+                "STRONGLY_TYPED": 0, "PREFER_JIT_PYTHON_PLUGINS": 1, "PREFER_AOT_PYTHON_PLUGINS": 2})
+            # include/NvInfer.h (11.1) lines 9958-9976, enum class BuilderFlag starts at kDEBUG = 2 (no kFP16,
+            # kINT8), kTF32 = 6; pyCore.cpp lines 1599-1605. python/src/infer/pyInt8.cpp is gone: no calibrators.
+            self.BuilderFlag = enum.IntEnum("BuilderFlag", {"TF32": 6})
+
+    def keep_first_logger(self, logger: Any, where: str) -> Any:
+        """libnvinfer keeps the first logger it is given: a Builder or Runtime created later with another
+        logger gets a warning (on the first logger) and uses the first one."""
+        if self.logger is None:
+            self.logger = logger
+        elif logger is not self.logger:
+            self.logger.log(Severity.WARNING, f"The logger passed into {where} differs from one already provided "
+                                              "for an existing builder, runtime, or refitter.")
+        return self.logger
 
     @staticmethod
     def nptype(dtype: DataType) -> type:

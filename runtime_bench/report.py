@@ -176,6 +176,16 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"{spread_text} | "
             f"{_fmt(lat.get('count'))} |"
         )
+    timed_on_gpu = {label: entry["gpu_events"] for label, entry in models.items() if entry.get("gpu_events")}
+    if timed_on_gpu:
+        lines += ["", "## GPU latency from CUDA events (ms, p50)", "",
+                  "The same timed calls as above (whose latency is the host's wall clock); latency as trtexec defines "
+                  "it is H2D + GPU compute + D2H.", "",
+                  "| model | latency | H2D | GPU compute | D2H | latency p99 |", "|---|---:|---:|---:|---:|---:|"]
+        for label, events in timed_on_gpu.items():
+            lines.append(f"| {label} | {_fmt(events['latency']['p50_ms'])} | {_fmt(events['h2d']['p50_ms'])} | "
+                         f"{_fmt(events['compute']['p50_ms'])} | {_fmt(events['d2h']['p50_ms'])} | "
+                         f"{_fmt(events['latency']['p99_ms'])} |")
     lines += ["", "## Accuracy", "", "| model | accuracy | harmonic mean | images |", "|---|---:|---:|---:|"]
     for label, entry in models.items():
         acc = entry.get("accuracy") or {}

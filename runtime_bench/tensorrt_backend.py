@@ -3,7 +3,8 @@
 The `tensorrt` and CUDA modules are passed in (or imported on first use), so the same code runs against
 `runtime_bench.fake_tensorrt` in tests without a GPU. The parts that decide something are plain functions:
 `select_profile` (which optimization profile serves a batch shape), `plan_buffers` (bytes per I/O tensor
-at the largest shape) and `LayerTimes` (per-layer times from TensorRT's profiler).
+at the largest shape) and `LayerTimes` (per-layer times from TensorRT's profiler). `process_logger` is the
+one logger this process gives TensorRT, shared with the engine builder (exporters/tensorrt.py).
 
 Works with TensorRT 10 and 11 (the runtime API used here is the same in both: named I/O tensors,
 `set_input_shape`, `set_tensor_address`, `execute_async_v3`).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import weakref
+from functools import lru_cache
 from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -67,6 +69,69 @@ def cuda_call(cudart: Any, result: Any, what: str) -> Any:
         raise InputError(f"CUDA {what} failed ({getattr(error, 'name', error)})")
     rest = values[1:]
     return rest[0] if len(rest) == 1 else (rest or None)
+
+
+@lru_cache(maxsize=1)
+def _native_handle_getter() -> Callable[[Any], int] | None:
+    try:
+        from cuda.bindings.utils import get_cuda_native_handle
+    except ImportError:  # cuda-bindings before 12.9.1 / 13.0, or the old cuda.cudart
+        return None
+    return get_cuda_native_handle
+
+
+def native_handle(obj: Any) -> int:
+    """The address behind a CUDA Python object (a stream) as TensorRT takes it: an int.
+
+    cuda-bindings deprecates `int(obj)` for this (13.0, "Tips and Tricks") in favour of
+    `cuda.bindings.utils.get_cuda_native_handle`; older bindings only have `int(obj)`, and a plain int (a
+    pointer from cudaMalloc, or a test double's handle) is its own address.
+    """
+    getter = _native_handle_getter()
+    if getter is not None and not isinstance(obj, int):
+        try:
+            return int(getter(obj))
+        except TypeError:  # a type the helper does not know
+            pass
+    return int(obj)
+
+
+_LOGGERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tensorrt module -> its one logger
+
+
+def process_logger(trt: Any) -> Any:
+    """The one logger this process gives `trt`'s Builders and Runtimes.
+
+    TensorRT keeps the first logger it was given: a later Builder or Runtime with another logger gets a
+    warning and the first one, so errors of its build would reach a logger nobody reads. Callers clear it
+    before each build or load and read `reason()` after a failure.
+    """
+    logger = _LOGGERS.get(trt)
+    if logger is None:
+
+        class ProcessLogger(trt.ILogger):
+            """Keeps the first line of each error TensorRT logs (the last MAX_KEPT)."""
+
+            MAX_KEPT = 64
+
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+                self.errors: list = []
+
+            def log(self, severity: Any, message: str) -> None:
+                if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
+                    text = str(message).strip()
+                    self.errors.append(text.splitlines()[0] if text else "no details")
+                    del self.errors[: -self.MAX_KEPT]
+
+            def clear(self) -> None:
+                self.errors.clear()
+
+            def reason(self, default: str = "no error logged") -> str:
+                return self.errors[0] if self.errors else default
+
+        logger = _LOGGERS[trt] = ProcessLogger()
+    return logger
 
 
 def gpu_name(cudart: Any, device: int = 0) -> str:
@@ -181,24 +246,62 @@ def _profiler(trt: Any, times: LayerTimes) -> Any:
 # ------------------------------------------------------------------------------------------------ backend
 
 
-def _free_all(cudart: Any, device: list, host: list, streams: list) -> None:
+def _free_all(cudart: Any, device: list, host: list, streams: list, events: list) -> None:
     # Runs at garbage collection too: errors here have no one to report to.
     for pointer in device:
         cudart.cudaFree(pointer)
     for pointer in host:
         cudart.cudaFreeHost(pointer)
+    for event in events:
+        cudart.cudaEventDestroy(event)
     for stream in streams:
         cudart.cudaStreamDestroy(stream)
-    device.clear()
-    host.clear()
-    streams.clear()
+    for handles in (device, host, events, streams):
+        handles.clear()
+
+
+EVENT_INTERVALS = ("h2d_ms", "compute_ms", "d2h_ms")  # between the 4 events recorded around each timed call
+
+
+class TimedRoundTrip:
+    """What the harness times for an engine: copy in, compute, copy out, synchronize (its wall clock is the
+    harness's latency), with CUDA events recorded between the steps on the stream.
+
+    The events give trtexec's quantities: H2D latency, GPU compute time and D2H latency, and their sum, the
+    latency as trtexec defines it. `collect()` reads them; the timing loops call it after each timed call,
+    outside the timed interval, so `device_times` holds one value per timed call (warm-up calls leave none).
+    """
+
+    def __init__(self, backend: TensorRTBackend, count: int, output_count: int, view: np.ndarray) -> None:
+        self.backend, self.count, self.output_count, self.view = backend, count, output_count, view
+        self.device_times: dict = {name: [] for name in EVENT_INTERVALS}
+
+    def __call__(self) -> np.ndarray:
+        backend = self.backend
+        record = backend._record
+        record(0)
+        backend._copy(backend.input_name, self.count, to_device=True)
+        record(1)
+        backend._execute(backend._context)
+        record(2)
+        backend._copy(backend._output.name, self.output_count, to_device=False)
+        record(3)
+        backend._sync()
+        return self.view
+
+    def collect(self) -> None:
+        events, cudart = self.backend._events, self.backend._cudart
+        for k, name in enumerate(EVENT_INTERVALS):
+            ms = cuda_call(cudart, cudart.cudaEventElapsedTime(events[k], events[k + 1]), "cudaEventElapsedTime")
+            self.device_times[name].append(float(ms))
 
 
 class TensorRTBackend(Backend):
     """A serialized TensorRT engine with one input and one output, run on CUDA device 0.
 
-    Latency measured through `prepare` is host latency as trtexec defines it: copy in, compute, copy out,
-    synchronize; `prepare_compute` times the compute alone. `layer_times` runs TensorRT's profiler.
+    `prepare` gives a `TimedRoundTrip`: the harness times its wall clock (copy in, compute, copy out,
+    synchronize, as seen from the host) and its CUDA events give trtexec's H2D, GPU compute and D2H times.
+    `layer_times` runs TensorRT's profiler.
     """
 
     name = "tensorrt"
@@ -219,10 +322,12 @@ class TensorRTBackend(Backend):
         self._device: list = []
         self._host: list = []
         self._streams: list = []
-        self._finalizer = weakref.finalize(self, _free_all, self._cudart, self._device, self._host, self._streams)
+        self._events: list = []
+        self._finalizer = weakref.finalize(self, _free_all, self._cudart, self._device, self._host, self._streams,
+                                           self._events)
 
-        logger = self._trt.Logger(self._trt.Logger.ERROR)
-        self._runtime = self._trt.Runtime(logger)
+        self._logger = process_logger(self._trt)
+        self._runtime = self._trt.Runtime(self._logger)
         self._engine = self._load_engine()
         self.specs = self._read_specs()
         inputs = [s for s in self.specs if s.is_input]
@@ -238,6 +343,9 @@ class TensorRTBackend(Backend):
 
         self._stream = cuda_call(self._cudart, self._cudart.cudaStreamCreate(), "cudaStreamCreate")
         self._streams.append(self._stream)
+        self._stream_handle = native_handle(self._stream)
+        for _ in range(4):
+            self._events.append(cuda_call(self._cudart, self._cudart.cudaEventCreate(), "cudaEventCreate"))
         self._context_profile: dict = {}  # id(context) -> the profile it runs with now
         self._context = self._new_context()
         largest = {self.input_name: max((p.max for p in self.profiles), key=lambda s: int(np.prod(s)))}
@@ -255,12 +363,18 @@ class TensorRTBackend(Backend):
 
     # -- engine description
 
+    def _failure(self, what: str) -> InputError:
+        """`what` failed: an InputError naming the engine and the first error TensorRT logged for it."""
+        return InputError(f"{self.model_path}: {what} ({self._logger.reason()})")
+
     def _load_engine(self) -> Any:
         with open(self.model_path, "rb") as handle:
+            self._logger.clear()
             engine = self._runtime.deserialize_cuda_engine(handle.read())
         if engine is None:
             raise InputError(f"{self.model_path}: not an engine TensorRT {self.version} can load on {self.gpu} "
-                             "(engines only run with the TensorRT version and GPU model they were built with)")
+                             "(engines only run with the TensorRT version and GPU model they were built with; "
+                             f"TensorRT: {self._logger.reason()})")
         return engine
 
     def _read_specs(self) -> list:
@@ -301,7 +415,7 @@ class TensorRTBackend(Backend):
     def _set_shape(self, context: Any, shape: Sequence[int]) -> None:
         index = select_profile(self.profiles, shape)
         if self._context_profile.get(id(context)) != index:
-            if not context.set_optimization_profile_async(index, int(self._stream)):
+            if not context.set_optimization_profile_async(index, self._stream_handle):
                 raise InputError(f"{self.model_path}: TensorRT refused optimization profile {index}")
             self._context_profile[id(context)] = index
         if not context.set_input_shape(self.input_name, tuple(int(d) for d in shape)):
@@ -335,8 +449,11 @@ class TensorRTBackend(Backend):
         cuda_call(cudart, call, f"cudaMemcpyAsync of '{name}'")
 
     def _execute(self, context: Any) -> None:
-        if not context.execute_async_v3(int(self._stream)):
-            raise InputError(f"{self.model_path}: TensorRT execution failed")
+        if not context.execute_async_v3(self._stream_handle):
+            raise self._failure("TensorRT execution failed")
+
+    def _record(self, index: int) -> None:
+        cuda_call(self._cudart, self._cudart.cudaEventRecord(self._events[index], self._stream), "cudaEventRecord")
 
     def _sync(self) -> None:
         cuda_call(self._cudart, self._cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
@@ -357,28 +474,10 @@ class TensorRTBackend(Backend):
             outputs.append(view.astype(np.float32))  # a copy: the pinned buffer is reused
         return np.concatenate(outputs)
 
-    def prepare(self, batch: np.ndarray) -> Callable[[], np.ndarray]:
+    def prepare(self, batch: np.ndarray) -> TimedRoundTrip:
         count = self._stage(np.asarray(batch))
         view = self._output_view()
-        output_count = view.size
-
-        def host_latency() -> np.ndarray:
-            self._round_trip(count, output_count)
-            return view
-
-        return host_latency
-
-    def prepare_compute(self, batch: np.ndarray) -> Callable[[], None]:
-        """Like `prepare`, but the input is copied once here and the timed call is compute only."""
-        count = self._stage(np.asarray(batch))
-        self._copy(self.input_name, count, to_device=True)
-        self._sync()
-
-        def compute() -> None:
-            self._execute(self._context)
-            self._sync()
-
-        return compute
+        return TimedRoundTrip(self, count, view.size, view)
 
     def layer_times(self, batch: np.ndarray, runs: int = 20) -> list:
         """Mean time per layer over `runs` profiled executions of `batch` (TensorRT's IProfiler).
@@ -422,7 +521,8 @@ class TensorRTBackend(Backend):
             "engine_bytes": os.path.getsize(self.model_path),
             "input_dtype": self._input.dtype,
             "profiles": [p._asdict() for p in self.profiles],
-            "latency": "host latency: copy in, compute, copy out, synchronize",
+            "latency": "wall clock on the host around copy in, compute, copy out, synchronize",
+            "gpu_events": "CUDA events between the steps: H2D, GPU compute, D2H (trtexec's latency is their sum)",
         }
 
 

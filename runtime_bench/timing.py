@@ -3,7 +3,8 @@ count and a minimum duration are reached. The clock is injectable so tests are d
 
 Two sets of limits: the quick defaults (QUICK_*: seconds per model, good for development) and
 `strict` mode, MLPerf's single-stream minimums (STRICT_*: at least 1024 queries and 600 s, p90 as
-the headline latency). `timing_limits` turns a mode plus optional user values into the limits. When models alternate
+the headline latency). A timed callable with a `collect()` method (a TensorRT engine's, which reads its CUDA
+events) has it called after each timed call, outside the timed interval. `timing_limits` turns a mode plus optional user values into the limits. When models alternate
 (`compare_alternating`), the duration is the wall-clock span of the timed phase, which every model's
 samples cover from start to end; each model gets at least `min_runs` queries of its own.
 """
@@ -64,6 +65,12 @@ def _check_limits(
         raise InputError(f"max_runs={max_runs}: must be >= min_runs ({min_runs})")
 
 
+def _collect(fn: Callable[[], object]) -> None:
+    collect = getattr(fn, "collect", None)
+    if collect is not None:
+        collect()
+
+
 def warm_up(fn: Callable[[], object], runs: int, seconds: float, clock: Clock = time.perf_counter) -> int:
     """Call `fn` until both `runs` calls and `seconds` have passed; return the number of calls."""
     start = clock()
@@ -96,6 +103,7 @@ def measure(
         fn()
         end = clock()
         samples.append(end - t0)
+        _collect(fn)
     return samples
 
 
@@ -135,5 +143,6 @@ def compare_alternating(
             fn()
             end = clock()
             samples[name].append(end - t0)
+            _collect(fn)
         rounds += 1
     return samples

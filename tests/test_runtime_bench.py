@@ -220,6 +220,30 @@ def test_compare_alternating_runs_until_total_duration():
     assert samples == {"a": [0.25] * 4, "b": [0.5] * 4}
 
 
+def test_collect_runs_after_each_timed_call_outside_its_interval():
+    """A timed callable's `collect()` (a GPU backend reading its CUDA events) is called once per timed call,
+    never during warm-up, and its own time is in no sample."""
+    clock = FakeClock()
+
+    class Timed:
+        def __init__(self, seconds):
+            self.seconds, self.collected = seconds, 0
+
+        def __call__(self):
+            clock.advance(self.seconds)
+
+        def collect(self):
+            self.collected += 1
+            clock.advance(10.0)  # slow on purpose: must not show up in the samples
+
+    a, b = Timed(0.25), Timed(0.5)
+    samples = compare_alternating({"a": a, "b": b}, warmup_runs=2, warmup_s=0, min_runs=3, min_s=0, clock=clock)
+    assert samples == {"a": [0.25] * 3, "b": [0.5] * 3} and (a.collected, b.collected) == (3, 3)
+    single = Timed(0.125)
+    assert measure(single, warmup_runs=2, warmup_s=0, min_runs=4, min_s=0, clock=clock) == [0.125] * 4
+    assert single.collected == 4
+
+
 # ---------------------------------------------------------------- backends and harness
 
 
@@ -317,8 +341,8 @@ def test_gpu_backend_never_falls_back_to_the_cpu_during_run(tiny_model: Path, mo
     from onnxruntime.capi.onnxruntime_pybind11_state import EPFail  # what the wrapper falls back on
 
     class FailingGpuSession(onnxruntime.InferenceSession):
-        def __init__(self, path, sess_options=None, providers=None):
-            super().__init__(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+        def __init__(self, path, sess_options=None, providers=None, **kwargs):
+            super().__init__(path, sess_options=sess_options, providers=["CPUExecutionProvider"], **kwargs)
             real = self._sess
 
             class FailsOnce:  # the C++ session as the Python wrapper calls it
@@ -344,6 +368,56 @@ def test_gpu_backend_never_falls_back_to_the_cpu_during_run(tiny_model: Path, mo
     backend = open_backend("ort-cuda", tiny_model)
     with pytest.raises(InputError, match=r"inference failed \(.*CUDA failure 700"):
         backend.run(np.zeros([1 if not isinstance(d, int) else d for d in backend.input_shape], np.float32))
+
+
+def test_gpu_provider_failures_name_their_cause(tiny_model: Path, tmp_path: Path, monkeypatch):
+    """Test doubles of onnxruntime-gpu sessions whose GPU provider fails at creation: the message names the
+    provider's own error (also when the wrapper's CPU retry raised "from" it), never "not a loadable ONNX
+    model" unless the model does not load on the CPU either; the TensorRT provider says when TensorRT 11
+    needs a newer onnxruntime."""
+    import types
+
+    import onnxruntime
+    from onnxruntime.capi.onnxruntime_pybind11_state import EPFail
+
+    real_session = onnxruntime.InferenceSession
+    mode = {"retry": False}
+
+    def gpu_session(path, sess_options=None, providers=None, **kwargs):
+        if providers and providers[0] != "CPUExecutionProvider":
+            error = EPFail(f"{providers[0]}: cudaErrorInsufficientDriver\nCUDA driver version is too old")
+            if mode["retry"]:  # an onnxruntime whose wrapper retries on the CPU, and the retry fails too
+                raise RuntimeError("retry on CPUExecutionProvider failed") from error
+            raise error
+        return real_session(path, sess_options=sess_options, providers=providers)
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [
+        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(onnxruntime, "InferenceSession", gpu_session)
+    version = onnxruntime.__version__
+    for retry in (False, True):
+        mode["retry"] = retry
+        with pytest.raises(InputError) as info:
+            open_backend("ort-cuda", tiny_model)
+        assert str(info.value) == (f"{tiny_model}: onnxruntime {version} could not start CUDAExecutionProvider "
+                                   "(CUDAExecutionProvider: cudaErrorInsufficientDriver); check the CUDA and cuDNN "
+                                   "libraries")
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not onnx")
+    with pytest.raises(InputError, match=r"broken.onnx: not a loadable ONNX model \("):
+        open_backend("ort-cuda", broken)
+
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="11.1.0"))
+    monkeypatch.setattr(onnxruntime, "__version__", "1.26.0")
+    with pytest.raises(InputError) as info:
+        open_backend("ort-trt", tiny_model)
+    assert str(info.value).endswith("); TensorRT 11.1.0 is installed, and onnxruntime's TensorRT provider needs "
+                                    "onnxruntime-gpu >= 1.27 for TensorRT 11")
+    monkeypatch.setattr(onnxruntime, "__version__", "1.27.0")
+    with pytest.raises(InputError) as info:
+        open_backend("ort-trt", tiny_model)
+    assert str(info.value).endswith("); check the TensorRT, CUDA and cuDNN libraries (the versions onnxruntime-gpu "
+                                    "was built for)")
 
 
 def test_gpu_backend_without_its_package(tiny_model: Path):

@@ -23,13 +23,16 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from exporters.tensorrt import (
+    _parse,
     build_engine,
     check_batch_sizes,
     detect,
     engine_cache_key,
+    float32_inputs,
     quantize_qdq,
     to_float16,
 )
+from runtime_bench import tensorrt_backend
 from runtime_bench.accuracy import top1_agreement
 from runtime_bench.backends import FAKE_TENSORRT_BACKEND_NAME, backend_names, open_backend
 from runtime_bench.bench import run_benchmark
@@ -42,6 +45,7 @@ from runtime_bench.fake_tensorrt import (
     FakeTensorRT,
     FakeTensorRTBackend,
 )
+from runtime_bench.report import to_markdown
 from runtime_bench.tensorrt_backend import (
     BufferPlan,
     LayerTimes,
@@ -52,7 +56,9 @@ from runtime_bench.tensorrt_backend import (
     batch_chunks,
     import_cuda_runtime,
     import_tensorrt,
+    native_handle,
     plan_buffers,
+    process_logger,
     select_profile,
     tensorrt_generation,
 )
@@ -197,6 +203,27 @@ def test_batch_sizes_must_be_min_opt_max():
 # ---------------------------------------------------------------------------- what is missing, one line
 
 
+def test_stream_handles_use_the_bindings_helper_where_it_knows_the_type(monkeypatch):
+    class Stream:  # a cuda-bindings object: int() still works but is deprecated
+        def __int__(self):
+            return 5
+
+    class Unknown(Stream):
+        pass
+
+    def helper(obj):
+        if type(obj) is not Stream:
+            raise TypeError(f"Unknown type: {type(obj)}")
+        return 7
+
+    monkeypatch.setattr(tensorrt_backend, "_native_handle_getter", lambda: helper)
+    assert native_handle(Stream()) == 7
+    assert native_handle(Unknown()) == 5  # a type the helper does not know: int()
+    assert native_handle(12) == 12  # pointers from cudaMalloc are ints already
+    monkeypatch.setattr(tensorrt_backend, "_native_handle_getter", lambda: None)  # bindings without the helper
+    assert native_handle(Stream()) == 5
+
+
 def test_missing_tensorrt_cuda_bindings_and_gpu_are_named(monkeypatch, cnn_path):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(TensorRTUnavailable) as info:
@@ -319,6 +346,62 @@ def test_a_build_failure_says_what_tensorrt_logged(cnn_path, tmp_path, monkeypat
     assert not (tmp_path / "m.engine").exists() and cudart.live_allocations() == 0
 
 
+def test_one_logger_per_process_and_each_build_reports_its_own_error(fake_engine, cnn_path, tmp_path, monkeypatch):
+    """TensorRT keeps the first logger it was given (the fake does as libnvinfer does). An engine opened first
+    gave the Runtime its logger; a build after it must still see its own errors, and only its own."""
+    from runtime_bench import fake_tensorrt
+
+    trt, cudart = _fake(10)
+    engine = TensorRTBackend(fake_engine, trt=trt, cudart=cudart)
+    logger = process_logger(trt)
+    assert trt.logger is logger and process_logger(trt) is logger
+    stale = tmp_path / "stale.engine"
+    stale.write_bytes(b"not an engine")
+    with pytest.raises(InputError, match=r"TensorRT: not a serialized engine\)$"):
+        TensorRTBackend(stale, trt=trt, cudart=cudart)  # leaves an error in the shared logger
+
+    def mismatched_cache(config, data):
+        config.module.logger.log(fake_tensorrt.Severity.ERROR, "timing cache of another TensorRT: ignored")
+        return fake_tensorrt._TimingCache(b"")
+
+    def out_of_memory(builder, network, config):
+        builder.logger.log(fake_tensorrt.Severity.ERROR, "[defaultAllocator.cpp::allocate] out of memory")
+        return None
+
+    monkeypatch.setattr(fake_tensorrt._Config, "create_timing_cache", mismatched_cache)
+    monkeypatch.setattr(fake_tensorrt._Builder, "build_serialized_network", out_of_memory)
+    with pytest.raises(CheckFailed) as info:
+        build_engine(cnn_path, tmp_path / "m.engine", "fp16", cache_dir=tmp_path / "cache", trt=trt, cudart=cudart)
+    assert str(info.value).endswith("failed to build a fp16 engine on Fake GPU (for tests) "
+                                    "([defaultAllocator.cpp::allocate] out of memory)")
+    assert not any("differs from one already provided" in str(m) for _, m in getattr(logger, "messages", []))
+    engine.close()
+
+
+def test_network_flags_follow_each_generation(cnn_path):
+    """TensorRT 10: EXPLICIT_BATCH 0 (ignored), STRONGLY_TYPED 1, weak typing by default; TensorRT 11:
+    STRONGLY_TYPED 0 and ignored (always strongly typed), no EXPLICIT_BATCH (include/NvInfer.h of each)."""
+    onnx_bytes = cnn_path.read_bytes()
+    ten, eleven = FakeTensorRT(10), FakeTensorRT(11)
+    assert (int(ten.NetworkDefinitionCreationFlag.STRONGLY_TYPED), int(eleven.NetworkDefinitionCreationFlag.STRONGLY_TYPED)) == (1, 0)
+    assert int(ten.NetworkDefinitionCreationFlag.EXPLICIT_BATCH) == 0
+    assert not hasattr(eleven.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH")
+    assert not hasattr(eleven.BuilderFlag, "FP16") and int(eleven.BuilderFlag.TF32) == int(ten.BuilderFlag.TF32) == 6
+    for trt, generation in ((ten, 10), (eleven, 11)):
+        builder = trt.Builder(process_logger(trt))
+        network, _ = _parse(trt, builder, process_logger(trt), onnx_bytes, "m.onnx", generation)
+        assert network.strongly_typed == (generation == 11)
+    with pytest.raises(TypeError, match="unknown NetworkDefinitionCreationFlag bits"):
+        eleven.Builder(process_logger(eleven)).create_network(1 << 3)
+    strong = ten.Builder(process_logger(ten)).create_network(1 << int(ten.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    strong.model = _cnn(batch=1)
+    config = ten.Builder(process_logger(ten)).create_builder_config()
+    config.set_flag(ten.BuilderFlag.FP16)
+    process_logger(ten).clear()
+    assert ten.Builder(process_logger(ten)).build_serialized_network(strong, config) is None
+    assert process_logger(ten).reason() == "a strongly typed network takes no precision flags"
+
+
 def test_build_argument_errors(cnn_path, tmp_path):
     trt, cudart = _fake(10)
     with pytest.raises(InputError) as info:
@@ -359,6 +442,33 @@ def test_the_harness_measures_a_fake_engine_like_any_model(fake_engine, cnn_path
                                              "max": (8, 3, SIZE, SIZE)}]
 
 
+def test_engine_latency_has_trtexec_quantities_from_cuda_events(fake_engine, cnn_path, real_images):
+    """Each timed call of an engine records CUDA events between copy in, compute and copy out: trtexec's H2D,
+    GPU compute and D2H times, whose sum is its latency; the wall clock of the same call stays `latency`."""
+    _, _, test, labels = real_images
+    report = run_benchmark({"dense": str(fake_engine), "again": str(fake_engine)}, test, labels, CLASSES,
+                           backend=FAKE_TENSORRT_BACKEND_NAME, warmup_runs=2, warmup_s=0, min_runs=5, min_s=0,
+                           progress=False)
+    for entry in report["models"].values():
+        events, wall = entry["gpu_events"], entry["latency"]
+        assert sorted(events) == ["compute", "d2h", "h2d", "latency"]
+        assert all(part["count"] == wall["count"] for part in events.values())  # one per timed call, no warm-up
+        assert events["latency"]["mean_ms"] == pytest.approx(sum(events[k]["mean_ms"] for k in ("h2d", "compute", "d2h")))
+        assert 0 < events["latency"]["mean_ms"] <= wall["mean_ms"]  # the events lie inside the timed call
+        assert events["compute"]["mean_ms"] > events["h2d"]["mean_ms"]  # the fake computes with ONNX Runtime
+        assert "wall clock" in entry["backend"]["latency"]
+    markdown = to_markdown(report)
+    assert "## GPU latency from CUDA events (ms, p50)" in markdown and "| dense | " in markdown.split("CUDA events")[1]
+    onnx_report = run_benchmark({"onnx": str(cnn_path)}, test, labels, CLASSES, warmup_runs=1, warmup_s=0,
+                                min_runs=3, min_s=0, progress=False)
+    assert "gpu_events" not in onnx_report["models"]["onnx"] and "CUDA events" not in to_markdown(onnx_report)
+    engine = FakeTensorRTBackend(fake_engine)
+    cudart = engine._cudart
+    assert len(cudart.events) == 4
+    engine.close()
+    assert cudart.live_allocations() == 0  # the events are destroyed with the buffers
+
+
 def test_runtime_errors_name_the_engine(fake_engine):
     engine = FakeTensorRTBackend(fake_engine)
     images = np.zeros((9, 3, SIZE, SIZE), np.float32)
@@ -373,7 +483,8 @@ def test_runtime_errors_name_the_engine(fake_engine):
     with pytest.raises(InputError) as info:
         FakeTensorRTBackend(fake_engine, generation=11)
     assert str(info.value) == (f"{fake_engine}: not an engine TensorRT 11.99.0-fake can load on {FAKE_GPU} "
-                               "(engines only run with the TensorRT version and GPU model they were built with)")
+                               "(engines only run with the TensorRT version and GPU model they were built with; "
+                               "TensorRT: engine built with another TensorRT version or GPU)")
 
     class ShortDevice(FakeCudaRuntime):
         """Device buffers half the size asked for: a copy past their end must fail, not corrupt memory."""
@@ -446,6 +557,59 @@ def test_float16_conversion_clips_to_the_float16_range_and_refuses_subgraphs():
     with pytest.raises(InputError) as info:
         to_float16(model)
     assert str(info.value) == "float16 conversion: the model has subgraphs (If/Loop/Scan), which are not supported"
+
+
+def test_float16_keeps_the_float32_inputs_onnx_requires(tmp_path):
+    """Resize and Upsample take `scales` as tensor(float) whatever the data type: in a float16 model they stay
+    float32, exactly, whether they are an initializer, a Constant, shared with a float16 reader, or computed."""
+    import torch
+
+    class Upsampling(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.up = torch.nn.Upsample(scale_factor=2, mode="nearest")
+            self.head = torch.nn.Conv2d(4, 2, 3, padding=1)
+
+        def forward(self, x):
+            return self.head(self.up(self.conv(x))).mean((2, 3))
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    path = tmp_path / "upsampling.onnx"
+    torch.onnx.export(Upsampling().eval(), (x,), str(path), input_names=["input"], output_names=["out"],
+                      dynamic_axes={"input": {0: "batch"}}, dynamo=False, opset_version=17)
+    model = onnx.load(str(path))
+    (resize,) = [(n, node) for n, node in enumerate(model.graph.node) if node.op_type == "Resize"]
+    assert float32_inputs(model) == {(resize[0], 2)}
+    half = to_float16(model)  # full ONNX check inside: a float16 `scales` fails it
+    constants = {o: n for n in half.graph.node if n.op_type == "Constant" for o in n.output}
+    scales = constants[half.graph.node[[n.op_type for n in half.graph.node].index("Resize")].input[2]]
+    assert scales.attribute[0].t.data_type == TensorProto.FLOAT
+    assert any(t.data_type == TensorProto.FLOAT16 for t in half.graph.initializer)  # the convs are float16
+    reference, logits = _ort_logits(model, x.numpy()), _ort_logits(half, x.numpy())
+    assert np.max(np.abs(logits - reference)) <= 1e-2 * np.max(np.abs(reference))
+
+    # Upsample (opset 9): a scales initializer also read by a Mul (in float16 there), and scales computed by it.
+    scale = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scale")
+    one = numpy_helper.from_array(np.ones(4, np.float32), "one")
+    graph = helper.make_graph(
+        [helper.make_node("Upsample", ["input", "scale"], ["up1"], mode="nearest"),
+         helper.make_node("Mul", ["scale", "one"], ["computed"]),
+         helper.make_node("Upsample", ["up1", "computed"], ["y"], mode="nearest")],
+        "upsample9", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, "h", "w"])], initializer=[scale, one])
+    model9 = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    model9.ir_version = 7
+    half9 = to_float16(model9)
+    types = {t.name: t.data_type for t in half9.graph.initializer}
+    assert types == {"scale": TensorProto.FLOAT16, "one": TensorProto.FLOAT16, "scale__float32": TensorProto.FLOAT}
+    ups = [n for n in half9.graph.node if n.op_type == "Upsample"]
+    assert [n.input[1] for n in ups] == ["scale__float32", "computed__float32"]  # a copy; a Cast back
+    image = np.arange(4, dtype=np.float32).reshape(1, 1, 2, 2)
+    session = ort.InferenceSession(half9.SerializeToString(), providers=["CPUExecutionProvider"])
+    reference = ort.InferenceSession(model9.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(session.run(None, {"input": image})[0], reference.run(None, {"input": image})[0])
 
 
 def test_qdq_model_is_symmetric_int8_and_keeps_accuracy_on_real_images(cnn_path, real_images, tmp_path):
@@ -539,7 +703,9 @@ def test_engines_of_a_deploy_folder_are_measured_and_bundled(cnn_path, real_imag
     for label, accuracy in measured["accuracy"].items():
         assert accuracy["top1_agreement"] == 1.0 and accuracy["accuracy_delta"] == 0.0, label
     assert measured["benchmarks"]["fp16"]["comparison"]["baseline"] == "dense"
-    assert len(tensorrt_table(measured)) == 4 + len(built)
+    table = tensorrt_table(measured)
+    assert len(table) == 6 + len(built) and "CUDA events" in table[2]
+    assert all(row.count(" | ") == 7 for row in table[4:])
 
     manifest = {"classes": ["blue", "green", "red"], "preprocessing": {"image_size": SIZE}, "source": {},
                 "curve": [{"rate": 0.0}]}
@@ -584,6 +750,8 @@ def test_gpu_benchmark_and_its_readme_table_over_the_fake(real_images, tmp_path,
         assert m["build"]["pruned"]["engine"] == str(tmp_path / f"pruned.{precision}.engine")
         assert all(a["top1_agreement"] == 1.0 for a in m["accuracy"].values())
         assert m["latency"]["dense"]["count"] >= 3 and m["compute"]["pruned"]["count"] >= 3
+        assert m["latency"]["dense"]["count"] == m["wall_clock"]["dense"]["count"]  # the same timed calls
+        assert m["latency"]["pruned"]["mean_ms"] <= m["wall_clock"]["pruned"]["mean_ms"]
         assert [row["layer"] for row in m["layers"]["dense"]][:2] == ["conv1", "relu1"]
     assert cudart.live_allocations() == 0
 
@@ -626,7 +794,10 @@ def test_real_engine_agrees_with_onnx(precision, cnn_path, real_images, tmp_path
     logits = engine.run(test)
     assert top1_agreement(_ort_logits(cnn_path, test), logits) >= (0.9 if precision == "int8" else 1.0)
     assert engine.layer_times(test[:1], runs=2)
-    engine.prepare_compute(test[:1])()
+    timed = engine.prepare(test[:1])
+    timed()
+    timed.collect()
+    assert all(len(v) == 1 and v[0] > 0 for v in timed.device_times.values())
     engine.close()
 
 
