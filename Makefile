@@ -14,7 +14,7 @@ SSHD := /usr/sbin/sshd
 # `make deploy DEVICE=user@host[:port]` also benchmarks the bundle on that device over SSH.
 DEVICE ?=
 
-.PHONY: deploy test bench lint clean assets check-minimal harness-truth study budget-study
+.PHONY: deploy test bench lint clean assets check-minimal harness-truth study budget-study deploy-int8
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ assets: $(STAMP) | $(FASHION_MNIST)
 
 deploy: $(STAMP) | $(FASHION_MNIST)
 	$(VENV)/bin/edgeprune deploy --config $(CONFIG) --out $(OUT) $(if $(DEVICE),--device $(DEVICE))
+
+# The default deploy and an INT8 model for ONNX Runtime's CPU kernels, gated per class (README block int8-deploy).
+deploy-int8: $(STAMP) | $(FASHION_MNIST)
+	$(VENV)/bin/edgeprune deploy --config $(CONFIG) --precision int8 --out artifacts/deploy-int8
+	$(PY) scripts/readme_results.py --int8 artifacts/deploy-int8/report.json
 
 test: $(STAMP) | $(FASHION_MNIST) $(SSHD)
 	$(PY) -m pytest -q -n auto --durations=15

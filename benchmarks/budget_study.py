@@ -133,7 +133,8 @@ def _mean_spread(values: list[float], fmt: str) -> str:
 def markdown(study: dict) -> str:
     s = study["settings"]
     lines = [
-        f"Command: `{' '.join(['python benchmarks/budget_study.py', *s['argv']])}`; 10-shot Fashion-MNIST, "
+        "Command: `python benchmarks/budget_study.py`"
+        + (f" (the last runs added with `{' '.join(s['argv'])} --resume`)" if s["argv"] else "") + "; 10-shot Fashion-MNIST, "
         f"{s['test_size']} test images, `--max-drop {MAX_LOSS}`, step {s['step']}, round-to {s['round_to']}, seeds "
         f"{s['seeds']}; mean +- std over seeds; {study['seconds']:.0f} s in all. **Chosen**: the state the budget "
         "run keeps, decided from the small set alone (what a user gets); its test figures are reported, never "

@@ -6,8 +6,9 @@ The two API generations reach a precision differently:
 | --------- | ----------------------------------------------------- | -------------------------------------------- |
 | fp32      | the ONNX model as it is                               | the ONNX model as it is                      |
 | fp16      | BuilderFlag.FP16                                      | the ONNX model converted to float16 first    |
-| int8      | BuilderFlag.INT8 (+ FP16 fallback), entropy           | Q/DQ nodes from ONNX Runtime's static        |
-|           | calibrator fed from the small labelled set            | quantizer, calibrated on the small set       |
+| int8      | BuilderFlag.INT8 (+ FP16 fallback), entropy (or       | Q/DQ nodes from ONNX Runtime's static        |
+|           | min-max) calibrator fed from the small labelled set   | quantizer (exporters.quantize's choices),    |
+|           |                                                       | calibrated on the small set                  |
 
 Both conversions for TensorRT 11 (`to_float16`, `quantize_qdq`) are plain ONNX and run on a CPU, so their
 accuracy is tested without a GPU. Every engine has one optimization profile over the batch dimension
@@ -35,6 +36,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from exporters.quantize import Int8Settings, quantize_int8
 from runtime_bench.atomic import atomic_output
 from runtime_bench.bundle import sha256_file
 from runtime_bench.errors import CheckFailed, InputError
@@ -55,7 +57,6 @@ PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_BATCH_SIZES = (1, 1, 8)  # min, opt, max of the batch dimension
 WORKSPACE_BYTES = 1 << 30
 FP16_MAX = float(np.finfo(np.float16).max)
-QDQ_OP_TYPES = ("Conv", "Gemm", "MatMul")  # the layers whose INT8 kernels carry the speedup
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -226,59 +227,26 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
     return converted
 
 
-def quantize_qdq(onnx_path: Any, out_path: Any, calibration_images: np.ndarray) -> None:
-    """Write an INT8 Q/DQ copy of `onnx_path` to `out_path` (what TensorRT 11 builds INT8 engines from).
-
-    ONNX Runtime's static quantizer, calibrated on `calibration_images` (min/max): symmetric INT8 activations
-    and per-channel symmetric INT8 weights, which is what TensorRT's explicit quantization accepts; only
-    Conv, Gemm and MatMul inputs are quantized (not their biases), the rest stays float32.
-    """
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    images = np.ascontiguousarray(calibration_images, dtype=np.float32)
-    if images.ndim != 4 or images.shape[0] < 1:
-        raise InputError(f"INT8 calibration images must have shape (N, C, H, W), got {images.shape}")
-    input_name = _single_input_name(onnx.load(str(onnx_path), load_external_data=False), onnx_path)
-
-    class SmallSet(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._batches = iter([{input_name: images[i : i + 1]} for i in range(images.shape[0])])
-
-        def get_next(self) -> dict | None:
-            return next(self._batches, None)
-
-    with tempfile.TemporaryDirectory() as work:
-        prepared, target = pathlib.Path(work) / "prepared.onnx", pathlib.Path(work) / "qdq.onnx"
-        quant_pre_process(str(onnx_path), str(prepared))  # shape inference, as the quantizer expects
-        quantize_static(str(prepared), str(target), SmallSet(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=list(QDQ_OP_TYPES),
-                        # Biases stay float32: by default they become int32 behind a DequantizeLinear, which
-                        # TensorRT's DequantizeLinear does not take (INT8/FP8/INT4 inputs only; onnxruntime
-                        # issues 14229 and 17738, onnx-tensorrt 850).
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
-        with atomic_output(out_path) as tmp:
-            shutil.copyfile(target, tmp)
-
-
-def _single_input_name(model: onnx.ModelProto, where: Any) -> str:
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = [v for v in model.graph.input if v.name not in initializers]
-    if len(inputs) != 1:
-        raise InputError(f"{where}: model has {len(inputs)} inputs; a TensorRT engine here takes exactly one")
-    return inputs[0].name
+def quantize_qdq(onnx_path: Any, out_path: Any, calibration_images: np.ndarray,
+                 settings: Int8Settings | None = None) -> dict:
+    """Write an INT8 Q/DQ copy of `onnx_path` to `out_path` (what TensorRT 11 builds INT8 engines from),
+    calibrated on `calibration_images`: the same choices as ONNX Runtime's CPU INT8 (`exporters.quantize`,
+    its measured defaults unless `settings` says otherwise), with what TensorRT's explicit quantization needs:
+    symmetric int8 activations, Q/DQ on Conv/Gemm/MatMul inputs, float biases."""
+    return quantize_int8(onnx_path, out_path, calibration_images, settings or Int8Settings(), target="tensorrt")
 
 
 # ------------------------------------------------------------------------------------------- the builder
 
 
-def _entropy_calibrator(trt: Any, cudart: Any, images: np.ndarray) -> Any:
-    """TensorRT 10's INT8 entropy calibrator over `images`, one image per batch, through a device buffer."""
+def _calibrator(trt: Any, cudart: Any, images: np.ndarray, method: str) -> Any:
+    """TensorRT 10's INT8 calibrator over `images`, one image per batch, through a device buffer: min-max for
+    `method` "minmax", else entropy (TensorRT 10 has no percentile calibrator; entropy is its histogram one)."""
+    base = trt.IInt8MinMaxCalibrator if method == "minmax" else trt.IInt8EntropyCalibrator2
 
-    class SmallSetCalibrator(trt.IInt8EntropyCalibrator2):
+    class SmallSetCalibrator(base):
         def __init__(self) -> None:
-            trt.IInt8EntropyCalibrator2.__init__(self)
+            base.__init__(self)
             self.images = np.ascontiguousarray(images, dtype=np.float32)
             self.index = 0
             self.used = 0
@@ -324,7 +292,7 @@ def _parse(trt: Any, builder: Any, logger: Any, onnx_bytes: bytes, where: str, g
 
 
 def _build(env: dict, onnx_bytes: bytes, where: str, precision: str, batch_sizes: tuple,
-           calibration_images: np.ndarray | None, timing_cache_path: pathlib.Path) -> tuple:
+           calibration_images: np.ndarray | None, timing_cache_path: pathlib.Path, int8: Int8Settings) -> tuple:
     """(engine bytes, notes) from ONNX bytes already prepared for this TensorRT generation."""
     trt, cudart, generation = env["trt"], env["cudart"], env["generation"]
     logger = process_logger(trt)  # a build's errors are only ever its own: cleared here, read on failure
@@ -363,7 +331,8 @@ def _build(env: dict, onnx_bytes: bytes, where: str, precision: str, batch_sizes
         config.set_flag(trt.BuilderFlag.FP16)  # int8 too: layers without INT8 kernels fall back to FP16
     if generation == 10 and precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
-        calibrator = _entropy_calibrator(trt, cudart, calibration_images)
+        calibrator = _calibrator(trt, cudart, calibration_images, int8.calibration)
+        notes["calibrator"] = type(calibrator).__mro__[1].__name__
         calibration_profile = builder.create_optimization_profile()
         single = (1,) + shape[1:]
         calibration_profile.set_shape(tensor.name, single, single, single)
@@ -386,11 +355,13 @@ def _build(env: dict, onnx_bytes: bytes, where: str, precision: str, batch_sizes
 
 def build_engine(onnx_path: Any, out_path: Any, precision: str, calibration_images: np.ndarray | None = None,
                  cache_dir: Any = None, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, trt: Any = None,
-                 cudart: Any = None) -> dict:
+                 cudart: Any = None, int8: Int8Settings | None = None) -> dict:
     """Build (or take from the cache) a TensorRT engine of `onnx_path` at `precision`, write it to `out_path`.
 
     `calibration_images` (N, C, H, W float32, preprocessed like the model's input) are required for int8:
-    the small labelled set. `trt`/`cudart` default to the installed modules (tests pass fakes). Returns a
+    the small labelled set; `int8` the INT8 choices (exporters.quantize, its measured defaults if None): the
+    Q/DQ model of TensorRT 11 follows all of them, TensorRT 10's calibrator its calibration method.
+    `trt`/`cudart` default to the installed modules (tests pass fakes). Returns a
     record of what was built and how. Raises TensorRTUnavailable when TensorRT, the CUDA bindings or a GPU
     is missing, InputError for bad arguments, CheckFailed when TensorRT cannot parse or build the model.
     """
@@ -402,11 +373,14 @@ def build_engine(onnx_path: Any, out_path: Any, precision: str, calibration_imag
     if not out_path.parent.is_dir():
         raise InputError(f"{out_path}: folder {out_path.parent} does not exist")
     calibration_sha = None
+    int8 = (int8 or Int8Settings()).check()
     if precision == "int8":
         if calibration_images is None or len(calibration_images) == 0:
             raise InputError(f"{out_path}: an int8 engine needs calibration images (the small labelled set)")
         calibration_images = np.ascontiguousarray(calibration_images, dtype=np.float32)
-        calibration_sha = hashlib.sha256(calibration_images.tobytes()).hexdigest()
+        # the calibration images and the INT8 choices: either changes the engine
+        calibration_sha = hashlib.sha256(calibration_images.tobytes()
+                                         + json.dumps(int8.describe(), sort_keys=True).encode()).hexdigest()
     env = detect(trt, cudart)
 
     cache = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -422,10 +396,10 @@ def build_engine(onnx_path: Any, out_path: Any, precision: str, calibration_imag
         notes = json.loads((cache / f"{key}.json").read_text())["notes"] if (cache / f"{key}.json").is_file() else {}
         record.update(cache_hit=True, notes=notes)
     else:
-        onnx_bytes = _prepared_onnx(onnx_path, precision, env["generation"], calibration_images)
+        onnx_bytes = _prepared_onnx(onnx_path, precision, env["generation"], calibration_images, int8)
         timing_cache = cache / f"timing-{_slug(env['version'])}-{_slug(env['gpu'])}.cache"
         engine, notes = _build(env, onnx_bytes, str(onnx_path), precision, batch_sizes, calibration_images,
-                               timing_cache)
+                               timing_cache, int8)
         _write_bytes(engine, cached)
         with atomic_output(cache / f"{key}.json") as tmp:
             tmp.write_text(json.dumps({"notes": notes, "onnx_sha256": onnx_sha, "precision": precision}))
@@ -442,7 +416,7 @@ def _method(generation: int, precision: str) -> str:
     return {
         (10, "fp32"): "ONNX as is",
         (10, "fp16"): "builder flag FP16",
-        (10, "int8"): "builder flags INT8 + FP16, entropy calibration on the small set",
+        (10, "int8"): "builder flags INT8 + FP16, TensorRT's calibrator on the small set",
         (11, "fp32"): "ONNX as is (strongly typed)",
         (11, "fp16"): "ONNX converted to float16 (strongly typed)",
         (11, "int8"): "Q/DQ ONNX from ONNX Runtime static quantization on the small set (strongly typed)",
@@ -450,7 +424,7 @@ def _method(generation: int, precision: str) -> str:
 
 
 def _prepared_onnx(onnx_path: pathlib.Path, precision: str, generation: int,
-                   calibration_images: np.ndarray | None) -> bytes:
+                   calibration_images: np.ndarray | None, int8: Int8Settings) -> bytes:
     """The ONNX bytes TensorRT parses: as is for TensorRT 10 (precision comes from builder flags); for 11
     the precision must be in the model itself."""
     if generation == 10 or precision == "fp32":
@@ -459,5 +433,5 @@ def _prepared_onnx(onnx_path: pathlib.Path, precision: str, generation: int,
         return to_float16(onnx.load(str(onnx_path))).SerializeToString()
     with tempfile.TemporaryDirectory() as work:
         target = pathlib.Path(work) / "qdq.onnx"
-        quantize_qdq(onnx_path, target, calibration_images)
+        quantize_qdq(onnx_path, target, calibration_images, int8)
         return target.read_bytes()

@@ -8,6 +8,8 @@ What `capture()` records (keys of the returned dict):
 
 - python, python_implementation, numpy, onnxruntime, platform, machine, executable
 - cpu_model, logical_cores, usable_cores, load_average ([1, 5, 15] minutes)
+- cpu_int8: the CPU's int8 dot-product instructions named in /proc/cpuinfo (x86 avx512_vnni, avx_vnni, amx_int8;
+  ARM asimddp, i8mm), what ONNX Runtime's int8 kernels are fast with; [] when it lists none, null off Linux
 - cpu_governor: cpu0's cpufreq governor (null where there is no cpufreq, e.g. most containers)
 - cpu_freq: {source "sysfs"|"cpuinfo", cpus, cur_mhz_min, cur_mhz_max, scaling_min_mhz,
   scaling_max_mhz, hw_max_mhz, governors, locked (every CPU's scaling_min == scaling_max)} or null
@@ -135,6 +137,20 @@ def _cpu_model(root: str = "/") -> str | None:
             if match:
                 return match.group(1).strip()
     return platform.processor() or platform.machine() or None
+
+
+INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+
+
+def cpu_int8(root: str = "/") -> list[str] | None:
+    """The int8 dot-product instructions /proc/cpuinfo lists (x86 "flags", ARM "Features")."""
+    text = _read_text(_under(root, CPUINFO_PATH))
+    if text is None:
+        return None
+    listed = set()
+    for match in re.finditer(r"^(?:flags|Features)\s*:\s*(.*)$", text, re.MULTILINE):
+        listed.update(match.group(1).split())
+    return [flag for flag in INT8_CPU_FLAGS if flag in listed]
 
 
 def _onnxruntime_version() -> str | None:
@@ -532,6 +548,7 @@ def capture(root: str = "/", runner: Runner | None = None) -> dict[str, Any]:
         "platform": _safe(platform.platform),
         "machine": platform.machine(),
         "cpu_model": _safe(lambda: _cpu_model(root)),
+        "cpu_int8": _safe(lambda: cpu_int8(root)),
         "logical_cores": os.cpu_count(),
         "usable_cores": _usable_cores(),
         "cpu_governor": _read_text(_under(root, GOVERNOR_PATH)),

@@ -229,6 +229,11 @@ class IInt8EntropyCalibrator2:
         pass
 
 
+class IInt8MinMaxCalibrator:
+    def __init__(self) -> None:
+        pass
+
+
 class HostMemory(bytes):
     """IHostMemory: a buffer; bytes(x) gives its content."""
 
@@ -635,8 +640,9 @@ class FakeTensorRT:
             # include/NvInfer.h (release/10.16) lines 10468-10489, enum class BuilderFlag: kFP16
             # TRT_DEPRECATED_ENUM = 0, kINT8 TRT_DEPRECATED_ENUM = 1, kTF32 = 6; pyCore.cpp lines 1670-1679.
             self.BuilderFlag = enum.IntEnum("BuilderFlag", {"FP16": 0, "INT8": 1, "TF32": 6})
-            # python/src/infer/pyInt8.cpp (release/10.16) binds IInt8EntropyCalibrator2.
+            # python/src/infer/pyInt8.cpp (release/10.16) lines 330 and 345 bind these two.
             self.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2
+            self.IInt8MinMaxCalibrator = IInt8MinMaxCalibrator
         else:
             # include/NvInfer.h (11.1) lines 11462-11480: kSTRONGLY_TYPED TRT_DEPRECATED_ENUM = 0 ("Strongly
             # typed mode is always enabled ... retained for API compatibility but is ignored"),

@@ -17,7 +17,7 @@ def test_deploy_writes_everything_and_a_rerun_reuses_finished_stages(image_data,
         "model": "resnet18", "weights": "none", "data": str(image_data.small), "test_data": str(image_data.test),
         "shots": 4, "image_size": 32, "method": "lrp", "rate": 0.2, "round_to": 8,
         "max_drop": 0.05, "cost": "macs", "compensate": True,  # what the default deploy does, at a cap of 20%
-        "export": {"exporter": "torchscript"},
+        "export": {"exporter": "torchscript", "precision": "int8"},
         "bench": {"min_runs": 5, "min_seconds": 0.2, "warmup_runs": 2},
     }))
     out = tmp_path / "deploy"
@@ -38,13 +38,18 @@ def test_deploy_writes_everything_and_a_rerun_reuses_finished_stages(image_data,
     assert lines[2].startswith(f"**{s['macs_reduction']:.2f}x fewer MACs, {s['speedup_p50']:.2f}x faster** (ONNX Runtime")
     assert f"worst class {s['worst_class_dense']['class']}" in lines[2]
     assert any(line.startswith("Estimate minus test at the chosen state") for line in lines)
+    # INT8 for ONNX Runtime's CPU kernels, judged per class, timed against both FP32 models.
+    int8 = report["int8"]
+    assert (out / "model.int8.onnx").is_file() and int8["record"]["max_drop"] == 0.05
+    assert int8["vs_pruned"]["candidate"] == "pruned-int8" and int8["vs_dense"]["baseline"] == "dense"
+    assert "## INT8 (ONNX Runtime CPU)" in lines and any(line.startswith("Per-class change, INT8 minus FP32") for line in lines)
     assert not list(out.rglob(".*tmp*")), "temporary files left behind"
     weights_mtime = (out / "pruned.safetensors").stat().st_mtime_ns
     onnx_mtime = (out / "model.onnx").stat().st_mtime_ns
 
     second = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr
-    assert "reusing" in second.stderr and "same config hash" in second.stderr
+    assert "reusing" in second.stderr and "same config hash" in second.stderr and "model.int8.onnx: same" in second.stderr
     assert (out / "pruned.safetensors").stat().st_mtime_ns == weights_mtime
     assert (out / "model.onnx").stat().st_mtime_ns == onnx_mtime
 

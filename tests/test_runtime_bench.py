@@ -654,7 +654,8 @@ def _fake_jetson(root: Path) -> Path:
         "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64\n",
     )
     _write(root, "proc/device-tree/model", "NVIDIA Jetson Orin Nano Developer Kit\x00")
-    _write(root, "proc/cpuinfo", "processor\t: 0\nmodel name\t: ARMv8 Processor rev 1 (v8l)\n")
+    _write(root, "proc/cpuinfo", "processor\t: 0\nmodel name\t: ARMv8 Processor rev 1 (v8l)\n"
+                                 "Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics asimddp\n")
     _write(root, "proc/loadavg", "0.50 0.40 0.30 1/200 1234\n")
     for cpu, (low, high) in enumerate([(115200, 1510400), (115200, 1510400)]):
         base = f"sys/devices/system/cpu/cpu{cpu}/cpufreq/"
@@ -711,6 +712,7 @@ def test_jetson_capture_from_sysfs_without_tools(tmp_path: Path):
     assert [z["temp_c"] for z in env["thermal"]] == [45.5, 85.2, 100.0]
     assert env["load_average"] == [0.5, 0.4, 0.3]
     assert env["cpu_model"] == "ARMv8 Processor rev 1 (v8l)"
+    assert env["cpu_int8"] == ["asimddp"]  # Orin's dot product; no i8mm listed
     assert env["warnings"] == [
         "CPU frequency governor is 'schedutil', not 'performance': latencies may vary with clock scaling",
         # PMIC-Die's constant 100 C is a placeholder, not a reading: left out.
@@ -856,3 +858,12 @@ def test_compare_keyword_yields_to_a_file_named_compare(
     assert capsys.readouterr().err.splitlines() == [
         "error: the following arguments are required: --data, --json"
     ]
+
+
+def test_cpu_int8_instructions_come_from_cpuinfo(tmp_path: Path):
+    _write(tmp_path, "proc/cpuinfo", "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n"
+                                     "processor\t: 1\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert environment.cpu_int8(str(tmp_path)) == ["avx512_vnni"]
+    _write(tmp_path, "proc/cpuinfo", "processor\t: 0\nflags\t\t: fpu sse2 avx2\n")
+    assert environment.cpu_int8(str(tmp_path)) == []  # int8 runs, without dot-product instructions
+    assert environment.cpu_int8(str(tmp_path / "nowhere")) is None

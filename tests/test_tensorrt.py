@@ -270,12 +270,14 @@ def test_every_precision_builds_the_way_its_generation_requires(generation, cnn_
         spec = _engine_spec(target)
         inner = onnx.load_from_string(base64.b64decode(spec["onnx"]))
         ops = {node.op_type for node in inner.graph.node}
-        weight_types = {t.data_type for t in inner.graph.initializer if t.name in ("w1", "w1_quantized")}
+        # conv2: the first conv and the head stay in float by default (exporters.quantize.Int8Settings)
+        weight_types = {t.data_type for t in inner.graph.initializer if t.name in ("w2", "w2_quantized")}
         if generation == 10:  # weak typing: the ONNX model as it is, precision from builder flags
             # TF32 is on by default; an fp32 engine clears it, so that fp32 means fp32.
             assert spec["flags"] == {"fp32": [], "fp16": ["FP16", "TF32"], "int8": ["FP16", "INT8", "TF32"]}[precision]
             assert weight_types == {TensorProto.FLOAT} and "QuantizeLinear" not in ops
             assert record["notes"].get("calibration_images") == (len(small) if precision == "int8" else None)
+            assert record["notes"].get("calibrator") == ("IInt8EntropyCalibrator2" if precision == "int8" else None)
         else:  # strong typing: no precision flags, no calibrator; the precision is in the ONNX model
             assert spec["flags"] == ([] if precision == "fp32" else ["TF32"]) and "calibration_images" not in record["notes"]
             assert weight_types == {"fp32": {TensorProto.FLOAT}, "fp16": {TensorProto.FLOAT16},
@@ -292,6 +294,28 @@ def test_every_precision_builds_the_way_its_generation_requires(generation, cnn_
         if set(spec["flags"]) - {"TF32"} or precision == "fp32":  # the fake computes in float32 whatever the flags
             np.testing.assert_allclose(logits, reference, rtol=1e-5, atol=1e-5)
     assert cudart.live_allocations() == 0  # calibration buffers and engine buffers all freed
+
+
+def test_int8_choices_reach_both_generations_and_the_engine_cache(cnn_path, real_images, tmp_path):
+    """The INT8 settings pick TensorRT 10's calibrator (min-max or entropy) and shape TensorRT 11's Q/DQ model;
+    engines built with other settings are other engines."""
+    from exporters.quantize import Int8Settings
+
+    small = real_images[0]
+    trt, cudart = _fake(10)
+    minmax = build_engine(cnn_path, tmp_path / "a.engine", "int8", small, cache_dir=tmp_path / "cache", trt=trt,
+                          cudart=cudart, int8=Int8Settings(calibration="minmax"))
+    default = build_engine(cnn_path, tmp_path / "b.engine", "int8", small, cache_dir=tmp_path / "cache", trt=trt,
+                           cudart=cudart)
+    assert minmax["notes"]["calibrator"] == "IInt8MinMaxCalibrator" and default["cache_hit"] is False
+    assert default["notes"]["calibrator"] == "IInt8EntropyCalibrator2" and minmax["cache_key"] != default["cache_key"]
+    trt, cudart = _fake(11)
+    every_layer = build_engine(cnn_path, tmp_path / "c.engine", "int8", small, cache_dir=tmp_path / "cache", trt=trt,
+                               cudart=cudart, int8=Int8Settings(keep_float=()))
+    inner = onnx.load_from_string(base64.b64decode(_engine_spec(tmp_path / "c.engine")["onnx"]))
+    assert {t.name for t in inner.graph.initializer if t.data_type == TensorProto.INT8} >= {
+        "w1_quantized", "w2_quantized", "fc_quantized"}
+    assert every_layer["generation"] == 11
 
 
 def test_timing_cache_is_reused_and_finished_engines_come_from_the_cache(cnn_path, tmp_path):
@@ -618,7 +642,9 @@ def test_qdq_model_is_symmetric_int8_and_keeps_accuracy_on_real_images(cnn_path,
     quantize_qdq(cnn_path, target, small)
     model = onnx.load(str(target))
     quantize = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
-    assert any(n.input[0] == "input" for n in quantize)  # the first conv's input is quantized
+    # conv2's input is quantized; the first conv and the head stay in float (the measured defaults)
+    quantized = {n.input[0] for n in quantize}
+    assert "r1" in quantized and not quantized & {"input", "flat"}
     init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     zero_points = [init[n.input[2]] for n in quantize]
     assert all(z.dtype == np.int8 and not z.any() for z in zero_points)  # symmetric INT8, as TensorRT wants

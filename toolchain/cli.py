@@ -4,6 +4,7 @@
   edgeprune prune --model M --data SMALL ... --out OUT
   edgeprune export OUT [--tensorrt fp16 ...]         OUT/dense.onnx and OUT/model.onnx, parity-gated
                                                      (and TensorRT engines of both)
+  edgeprune export OUT --precision int8              also OUT/model.int8.onnx, gated per class on the small set
   edgeprune bench MODEL.onnx [MODEL2.onnx] --data TEST --json FILE
   edgeprune deploy [--config FILE] [--out OUT] [--device USER@HOST]   all of it, from a YAML config
   edgeprune remote-bench OUT --device USER@HOST[:PORT]   OUT/bundle benchmarked on a device over SSH
@@ -262,10 +263,17 @@ def cmd_export(args) -> int:
         except InputError as exc:
             raise InputError(f"--tensorrt {' '.join(args.tensorrt)}: {exc}") from None
         settings = tensorrt_settings({"precisions": args.tensorrt}, "--tensorrt")
+    max_drop = None
+    if args.precision == "int8":
+        from .controller import check_max_drop
+
+        max_drop = check_max_drop(args.max_drop if args.max_drop is not None else INT8_MAX_DROP)
     results = export_models(out, args.exporter, progress=not args.quiet)
     for label, r in results.items():
         print(f"{r['path']}: parity passed (top-1 agreement {r['top1_agreement']:.4f}, max |diff| "
               f"{r['max_abs_diff']:.2g} <= {r['tolerance']:.2g}), {r['file_bytes'] / 1e6:.1f} MB")
+    if max_drop is not None:
+        print(int8_line(int8_stage(out, max_drop, progress=not args.quiet)))
     if settings is not None:
         from .artifact import read_manifest
         from .engines import build_engines
@@ -274,6 +282,67 @@ def cmd_export(args) -> int:
             print(f"{r['engine']}: TensorRT {r['tensorrt_version']} {r['precision']} engine for {r['gpu']} "
                   f"({r['method']}{'; from the engine cache' if r['cache_hit'] else ''}), {r['bytes'] / 1e6:.1f} MB")
     return 0
+
+
+INT8_MAX_DROP = 0.01  # the pruning budget's default: INT8 may cost at most one point on the small-set estimate
+EXPORT_DEFAULTS = {"exporter": "auto", "precision": "fp32"}
+EXPORT_CHOICES = {"exporter": ("auto", "dynamo", "torchscript"), "precision": ("fp32", "int8")}
+
+
+def export_settings(section: dict | None, where: str) -> dict:
+    """The deploy config's `export:` section with its defaults, or a one-line InputError for a bad one."""
+    if section is None:
+        return dict(EXPORT_DEFAULTS)
+    if not isinstance(section, dict):
+        raise InputError(f"{where}: export: expected a mapping with {', '.join(EXPORT_DEFAULTS)}")
+    unknown = sorted(set(section) - set(EXPORT_DEFAULTS))
+    if unknown:
+        raise InputError(f"{where}: export: unknown option(s) {', '.join(unknown)}")
+    settings = dict(EXPORT_DEFAULTS, **section)
+    for key, choices in EXPORT_CHOICES.items():
+        if settings[key] not in choices:
+            raise InputError(f"{where}: export: {key} {settings[key]!r}: choose from {', '.join(choices)}")
+    return settings
+
+
+def reusable_int8(out: pathlib.Path, max_drop: float) -> dict | None:
+    """OUT/int8.json when OUT/model.int8.onnx was made from the OUT/model.onnx that is there now, for this budget
+    and from the settings the gate starts from today."""
+    from exporters.quantize import Int8Settings
+    from runtime_bench.bundle import sha256_file
+
+    from .precision import INT8_MODEL, INT8_RECORD
+
+    try:
+        record = json.loads((out / INT8_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    if (not (out / INT8_MODEL).is_file() or record.get("from_sha256") != sha256_file(out / "model.onnx")
+            or record.get("max_drop") != max_drop or record.get("start") != Int8Settings().describe()):
+        return None
+    return record
+
+
+def int8_stage(out: pathlib.Path, max_drop: float, progress: bool) -> dict:
+    from .precision import export_int8
+
+    if progress:
+        print(f"INT8: calibrating on the small set and judging it per class (--max-drop {max_drop:g})",
+              file=sys.stderr)
+    return export_int8(out, max_drop, progress=progress)
+
+
+def int8_line(record: dict) -> str:
+    e, t = record["estimate"], record["test"]
+    kept = record["kept_float"]
+    return (f"{record['model']}: INT8 within --max-drop {record['max_drop']:g} on the small-set estimate (accuracy "
+            f"{e['fp32']['accuracy']:.3f} -> {e['int8']['accuracy']:.3f}, harmonic mean {e['fp32']['harmonic_mean']:.3f}"
+            f" -> {e['int8']['harmonic_mean']:.3f}); test accuracy {t['fp32']['accuracy']:.3f} -> "
+            f"{t['int8']['accuracy']:.3f}, harmonic mean {t['fp32']['harmonic_mean']:.3f} -> "
+            f"{t['int8']['harmonic_mean']:.3f}, worst class {t['worst_class']['fp32']:.2f} -> "
+            f"{t['worst_class']['int8']:.2f}; {len(kept)} layer{'s' if len(kept) != 1 else ''} kept in float"
+            + ("; no int8 kernel in ONNX Runtime's CPU provider for " + ", ".join(
+                f"{op} x{n}" for op, n in record["float_ops"].items()) + " (run in float)" if record["float_ops"] else ""))
 
 
 def tensorrt_stage(out: pathlib.Path, settings: dict | None, manifest: dict, images, labels, bench: dict,
@@ -457,6 +526,10 @@ def cmd_deploy(args) -> int:
     config_file = pathlib.Path(args.config) if args.config else DEFAULT_CONFIG
     config, extra = resolve_config(args, config_file)
     trt_settings = tensorrt_settings(extra.get("tensorrt"), str(config_file))
+    export_section = export_settings(extra.get("export"), str(config_file))
+    if args.precision is not None:
+        export_section["precision"] = args.precision
+    extra["export"] = export_section
     out = _out_dir(args.out)
     device = _device_from_args(args)
     progress = not args.quiet
@@ -483,13 +556,24 @@ def cmd_deploy(args) -> int:
     # Written once the first stage succeeded, so that bad input leaves nothing in OUT.
     write_text_atomic(yaml.safe_dump(resolved, sort_keys=False), out / "config.resolved.yaml")
     t = time.perf_counter()
-    exporter = (extra.get("export") or {}).get("exporter", "auto")
+    exporter = export_section["exporter"]
     export = reusable_export(out, exporter)
     if export is None:
         export = export_models(out, exporter, progress)
     else:
         print(f"reusing {out / 'dense.onnx'} and {out / 'model.onnx'}: same pruned weights", file=sys.stderr)
     timings["export"] = time.perf_counter() - t
+    int8 = None
+    if export_section["precision"] == "int8":
+        t = time.perf_counter()
+        int8_budget = config.max_drop if config.max_drop is not None else INT8_MAX_DROP
+        int8 = reusable_int8(out, int8_budget)
+        if int8 is None:
+            int8 = int8_stage(out, int8_budget, progress)
+        else:
+            print(f"reusing {out / 'model.int8.onnx'}: same model.onnx", file=sys.stderr)
+        print(int8_line(int8), file=sys.stderr)
+        timings["int8"] = time.perf_counter() - t
     t = time.perf_counter()
     images, labels = test_arrays(manifest, progress=progress)
     bench_settings = dict(BENCH_DEFAULTS, **(extra.get("bench") or {}))
@@ -499,10 +583,19 @@ def cmd_deploy(args) -> int:
     make_bundle(out, images, labels, manifest, engines["engines"] if engines else None)
     bench = bench_models({"dense": str(out / "dense.onnx"), "pruned": str(out / "model.onnx")}, images, labels,
                          len(manifest["classes"]), bench_settings, progress)
-    timings["bench"] = time.perf_counter() - t - engine_seconds
     if engines is not None:
         timings["tensorrt"] = engine_seconds
+    if int8 is not None:
+        int8_model = str(out / "model.int8.onnx")
+        vs = {label: bench_models({label: str(out / name), "pruned-int8": int8_model}, images, labels,
+                                  len(manifest["classes"]), bench_settings, progress)
+              for label, name in (("pruned", "model.onnx"), ("dense", "dense.onnx"))}
+        int8 = {"record": int8, "vs_pruned": vs["pruned"]["comparison"], "vs_dense": vs["dense"]["comparison"],
+                "p50_ms": vs["dense"]["models"]["pruned-int8"]["latency"]["p50_ms"]}
+    timings["bench"] = time.perf_counter() - t - engine_seconds
     report = build_report(out, export, bench, resolved)
+    if int8 is not None:
+        report["int8"] = int8
     if engines is not None:
         report["tensorrt"] = engines
     report["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
@@ -554,6 +647,11 @@ def build_parser() -> argparse.ArgumentParser:
     # exporters.tensorrt.PRECISIONS, spelled out so that --help does not import onnx
     p.add_argument("--tensorrt", nargs="+", choices=["fp32", "fp16", "int8"], metavar="PRECISION",
                    help="also build TensorRT engines of both models: fp32, fp16 and/or int8 (needs TensorRT and a GPU)")
+    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+                   help="int8: also write OUT/model.int8.onnx for ONNX Runtime's CPU int8 kernels, calibrated on the "
+                        "small set and kept only if its small-set estimate of accuracy and harmonic mean stays within "
+                        "--max-drop of FP32 (layers are kept in float as needed)")
+    p.add_argument("--max-drop", type=float, help=f"the INT8 budget (default {INT8_MAX_DROP})")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="latency and accuracy of ONNX models (two are timed alternately); "
@@ -581,6 +679,9 @@ def build_parser() -> argparse.ArgumentParser:
     _prune_options(p)
     p.add_argument("--config", help=f"YAML config (default {DEFAULT_CONFIG})")
     p.add_argument("--out", default="artifacts/deploy")
+    p.add_argument("--precision", choices=["fp32", "int8"],
+                   help="int8: also an INT8 model for ONNX Runtime's CPU kernels, gated per class on the small set "
+                        "within --max-drop, timed against both FP32 models (overrides the config's export: precision)")
     _device_options(p, required=False)
     p.set_defaults(func=cmd_deploy)
 

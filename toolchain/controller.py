@@ -119,6 +119,13 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
 
+def check_max_drop(value: Any) -> float:
+    """An accuracy budget (`--max-drop`): a drop in [0, 1), or a one-line InputError."""
+    if not (is_number(value) and 0.0 <= value < 1.0):
+        raise InputError(f"--max-drop {value}: must be in [0, 1) (an accuracy drop; 0.01 is one point)")
+    return float(value)
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 

@@ -24,7 +24,7 @@ from runtime_bench.errors import InputError
 
 from .compensation import Compensation
 from .complexity import macs_and_params
-from .controller import ControllerConfig, Unit, is_number, run_controller
+from .controller import ControllerConfig, Unit, check_max_drop, is_number, run_controller
 from .costs import COSTS, channel_costs
 from .curves import class_averaged_auc, rate_grid, state_at_rates, step_ends
 from .data import (
@@ -100,8 +100,8 @@ class PruneConfig:
     def check(self) -> None:
         """Validate, and resolve the defaults that depend on other options (so the hash sees them)."""
         budget = self.max_drop is not None or self.max_macs is not None
-        if self.max_drop is not None and not (is_number(self.max_drop) and 0.0 <= self.max_drop < 1.0):
-            raise InputError(f"--max-drop {self.max_drop}: must be in [0, 1) (an accuracy drop; 0.01 is one point)")
+        if self.max_drop is not None:
+            check_max_drop(self.max_drop)
         if self.max_macs is not None and not (is_number(self.max_macs) and 0.0 < self.max_macs <= 1.0):
             raise InputError(f"--max-macs {self.max_macs}: must be in (0, 1] (a fraction of the dense model's MACs)")
         if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 0:

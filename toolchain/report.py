@@ -177,10 +177,41 @@ def to_markdown(report: dict) -> str:
             f"{point['harmonic_mean']:.3f} | {classes[worst]} {_pct(point['per_class'][worst])} | "
             f"{_estimate(point.get('estimate'))} | {point['torch_latency_ms']:.2f} |"
         )
+    if report.get("int8"):
+        lines += ["", *int8_lines(report["int8"], report["classes"], env)]
     if report.get("tensorrt"):
         lines += ["", *tensorrt_table(report["tensorrt"])]
     lines += ["", "Plots: `accuracy_vs_rate.png`, `latency_vs_rate.png`.", ""]
     return "\n".join(lines)
+
+
+def int8_lines(int8: dict, classes: list, env: dict) -> list:
+    """Markdown: the INT8 model per class against its FP32 model (small-set estimate and test), and its speed."""
+    record, e, t = int8["record"], int8["record"]["estimate"], int8["record"]["test"]
+    kept = record["kept_float"]
+    flags = env.get("cpu_int8")
+    lines = ["## INT8 (ONNX Runtime CPU)", "",
+             f"`{pathlib.Path(record['model']).name}`: calibrated on {record['calibration_images']} small-set images, "
+             f"{record['quantized_layers']} layers in int8, {len(kept)} kept in float ({', '.join(kept) or 'none'}); "
+             f"kept because its small-set estimate stayed within --max-drop {record['max_drop']:g} of FP32 "
+             f"(calibration and head cross-fitted).", "",
+             "| | small-set estimate: accuracy / harmonic mean / worst class | test: accuracy / harmonic mean / worst "
+             "class |", "| --- | --- | --- |"]
+    for label in ("fp32", "int8"):
+        lines.append(f"| pruned {label.upper()} | {e[label]['accuracy']:.3f} / {e[label]['harmonic_mean']:.3f} / "
+                     f"{e['worst_class'][label]:.2f} | {t[label]['accuracy']:.3f} / {t[label]['harmonic_mean']:.3f} / "
+                     f"{t['worst_class'][label]:.2f} |")
+    lines += ["", "Per-class change, INT8 minus FP32 (points): " + ", ".join(
+        f"{name} {100 * e['per_class_change'][name]:+.0f} / {100 * t['per_class_change'][name]:+.0f}"
+        for name in classes) + " (small-set estimate / test).", ""]
+    for label, key in (("pruned FP32", "vs_pruned"), ("dense FP32", "vs_dense")):
+        c = int8[key]
+        lines.append(f"Pruned INT8 against {label} (ONNX Runtime CPU, p50, alternating runs): **{c['speedup_p50']:.2f}x** "
+                     f"(5-95% bootstrap {c['low']:.2f}-{c['high']:.2f}).")
+    lines.append(f"CPU int8 instructions: {', '.join(flags) if flags else 'none listed'}"
+                 + (f"; run in float (no int8 kernel): {', '.join(f'{op} x{n}' for op, n in record['float_ops'].items())}"
+                    if record["float_ops"] else "") + ".")
+    return lines
 
 
 def tensorrt_table(engines: dict) -> list:
