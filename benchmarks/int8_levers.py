@@ -30,11 +30,11 @@ import numpy as np  # noqa: E402
 from readme_blocks import update_readme  # noqa: E402
 
 from exporters.quantize import Int8Settings, quantize_int8  # noqa: E402
-from runtime_bench.accuracy import classification_metrics, top1_agreement  # noqa: E402
+from runtime_bench.accuracy import top1_agreement  # noqa: E402
 from runtime_bench.report import write_json_atomic  # noqa: E402
 from toolchain.artifact import read_manifest  # noqa: E402
 from toolchain.pipeline import small_arrays, test_arrays  # noqa: E402
-from toolchain.precision import Int8Gate, run_outputs  # noqa: E402
+from toolchain.precision import Int8Gate, class_metrics, output_name, run_outputs  # noqa: E402
 
 NONE: tuple = ()
 VARIANTS = {
@@ -55,11 +55,6 @@ VARIANTS = {
 }
 
 
-def _metrics(logits: np.ndarray, labels: np.ndarray, classes: int) -> dict:
-    m = classification_metrics(logits.argmax(1), labels, classes)
-    return {"accuracy": m["accuracy"], "harmonic_mean": m["harmonic_mean"], "per_class": m["per_class"]}
-
-
 def run_variant(fp32: pathlib.Path, variant: str, small: tuple, test: tuple, classes: int, fp32_test: dict,
                 gate: Int8Gate) -> dict:
     settings, target = VARIANTS[variant]
@@ -71,11 +66,8 @@ def run_variant(fp32: pathlib.Path, variant: str, small: tuple, test: tuple, cla
         path = pathlib.Path(work) / "int8.onnx"
         record = quantize_int8(fp32, path, images, settings, target=target)
         seconds = time.perf_counter() - started
-        import onnx
-
-        logits = run_outputs(path, test[0], [onnx.load(str(path)).graph.output[0].name])
-        logits = next(iter(logits.values()))
-    metrics = _metrics(logits, test[1], classes)
+        logits = next(iter(run_outputs(path, test[0], [output_name(path)]).values()))
+    metrics = class_metrics(logits.argmax(1), test[1], classes)
     drops = [a - b for a, b in zip(fp32_test["per_class"], metrics["per_class"])]
     estimate = gate.estimate(settings) if target == "ort-cpu" and not variant.endswith("flipped-views") else None
     test_drop = {k: fp32_test[k] - metrics[k] for k in ("accuracy", "harmonic_mean")}
@@ -135,9 +127,9 @@ def main(argv=None) -> int:
         for label, file in (("dense", "dense.onnx"), ("pruned", "model.onnx")):
             key = f"{name} {label}"
             fp32 = folder / file
-            logits = next(iter(run_outputs(fp32, test[0], [_output(fp32)]).values()))
+            logits = next(iter(run_outputs(fp32, test[0], [output_name(fp32)]).values()))
             entry = result["models"].setdefault(key, {"runs": {}})
-            entry["fp32"] = _metrics(logits, test[1], classes)
+            entry["fp32"] = class_metrics(logits.argmax(1), test[1], classes)
             entry["command"] = result["command"]
             fp32_test = dict(entry["fp32"], logits=logits)
             gate = Int8Gate(fp32, small[0], small[1], classes, head_fitted=manifest["config"].get("head") == "fit")
@@ -157,12 +149,6 @@ def main(argv=None) -> int:
     table = markdown(result)
     print(table)
     return 0 if args.no_readme else update_readme(str(ROOT / "README.md"), "int8-levers", table)
-
-
-def _output(path: pathlib.Path) -> str:
-    import onnx
-
-    return onnx.load(str(path), load_external_data=False).graph.output[0].name
 
 
 if __name__ == "__main__":

@@ -77,7 +77,8 @@ def folds(labels: np.ndarray, count: int = FOLDS, seed: int = 0) -> np.ndarray:
     return fold
 
 
-def _metrics(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+def class_metrics(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+    """accuracy, harmonic mean and per-class accuracy of top-1 predictions."""
     m = classification_metrics(predictions, labels, num_classes)
     return {"accuracy": m["accuracy"], "harmonic_mean": m["harmonic_mean"], "per_class": m["per_class"]}
 
@@ -156,8 +157,8 @@ class Int8Gate:
             predictions = left_out_predictions(self.fp32_values, {"int8": int8}, self.labels, self.num_classes)
         else:
             predictions = {"fp32": self.fp32_values.argmax(1), "int8": int8.argmax(1)}
-        fp32 = _metrics(predictions["fp32"], self.labels, self.num_classes)
-        result = _metrics(predictions["int8"], self.labels, self.num_classes)
+        fp32 = class_metrics(predictions["fp32"], self.labels, self.num_classes)
+        result = class_metrics(predictions["int8"], self.labels, self.num_classes)
         return {"fp32": fp32, "int8": result,
                 "drop": {k: fp32[k] - result[k] for k in ("accuracy", "harmonic_mean")},
                 "head": "left out, re-fitted" if self.features else "the model's own"}
@@ -284,9 +285,9 @@ def export_int8(out: pathlib.Path, max_drop: float, settings: Int8Settings | Non
         quantized = quantize_int8(fp32_path, staged, calibration, chosen)
         test_x, test_y = test_arrays(manifest, progress=False)
         name = gate.output
-        fp32_test = _metrics(run_outputs(fp32_path, test_x, [name])[name].argmax(1), test_y, len(classes))
-        int8_logits = run_outputs(staged, test_x, [_output_name(staged)])
-        int8_test = _metrics(next(iter(int8_logits.values())).argmax(1), test_y, len(classes))
+        fp32_test = class_metrics(run_outputs(fp32_path, test_x, [name])[name].argmax(1), test_y, len(classes))
+        int8_logits = run_outputs(staged, test_x, [output_name(staged)])
+        int8_test = class_metrics(next(iter(int8_logits.values())).argmax(1), test_y, len(classes))
         record = {
             "model": str(out / INT8_MODEL), "from": str(fp32_path), "from_sha256": sha256_file(fp32_path),
             "max_drop": max_drop, "start": start.describe(),
@@ -309,7 +310,8 @@ def export_int8(out: pathlib.Path, max_drop: float, settings: Int8Settings | Non
     return record
 
 
-def _output_name(path: pathlib.Path) -> str:
+def output_name(path: pathlib.Path) -> str:
+    """The name of an ONNX model's first output."""
     import onnx
 
     return onnx.load(str(path), load_external_data=False).graph.output[0].name
