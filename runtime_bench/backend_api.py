@@ -1,7 +1,7 @@
 """What a backend is: the interface every runtime backend implements and the checks they share.
 
 Its own module so that the backends defined elsewhere (tensorrt_backend.py, the test double
-fake_tensorrt.py) build on it without importing the registry in backends.py, which opens them.
+tests/fake_tensorrt.py) build on it without importing the registry in backends.py, which opens them.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import numpy as np
 
 from runtime_bench.errors import InputError
 
-FAKE_TENSORRT_BACKEND_NAME = "fake-tensorrt-for-tests"  # runtime_bench/fake_tensorrt.py, registered in backends
-
 
 def check_model_file(model_path: Any) -> str:
     """The model path as a string, or a one-line InputError when it is missing or not a file."""
@@ -24,6 +22,15 @@ def check_model_file(model_path: Any) -> str:
     if not os.path.isfile(path):
         raise InputError(f"{path}: not a file")
     return path
+
+
+def check_threads(threads: int | None) -> int | None:
+    """A backend's intra-op thread count: None (the runtime's default) or a positive integer."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise InputError(f"threads={threads!r}: must be a positive integer (or None for the runtime default)")
+    return int(threads)
 
 
 class Backend:

@@ -5,36 +5,18 @@ Runtimes are imported lazily inside the backend so that `import runtime_bench` n
 
 from __future__ import annotations
 
-import json
 import re
-import time
 from typing import Any, Callable
 
 import numpy as np
 
-from runtime_bench.backend_api import FAKE_TENSORRT_BACKEND_NAME, Backend, check_model_file
-from runtime_bench.errors import InputError
-
-FAKE_BACKEND_NAME = "fake-sleep-for-tests"
+from runtime_bench.backend_api import Backend, check_model_file, check_threads
+from runtime_bench.errors import InputError, first_line
 
 
-def _first_line(text: str, limit: int = 200) -> str:
-    """First non-empty line of an error text, shortened: runtime errors can be pages long."""
-    for line in str(text).splitlines():
-        line = line.strip()
-        if line:
-            # "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : ..." -> keep the part after the status code.
-            line = re.sub(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*", "", line)
-            return line if len(line) <= limit else line[: limit - 3] + "..."
-    return "no details"
-
-
-def _check_threads(threads: int | None) -> int | None:
-    if threads is None:
-        return None
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise InputError(f"threads={threads!r}: must be a positive integer (or None for the runtime default)")
-    return int(threads)
+def _ort_line(exc: BaseException) -> str:
+    """An ONNX Runtime error's first line without its "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF :" prefix."""
+    return re.sub(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*", "", first_line(exc, limit=200))
 
 
 class OrtCpuBackend(Backend):
@@ -48,7 +30,7 @@ class OrtCpuBackend(Backend):
         super().__init__()
         ort = _import_onnxruntime(self.name, self.package)
         self.model_path = check_model_file(model_path)
-        self.threads = _check_threads(threads)
+        self.threads = check_threads(threads)
         self._ort_version = getattr(ort, "__version__", "unknown")
 
         options = ort.SessionOptions()
@@ -83,14 +65,14 @@ class OrtCpuBackend(Backend):
         try:
             return ort.InferenceSession(self.model_path, sess_options=options, providers=self.providers)
         except Exception as exc:  # onnxruntime raises several unrelated types for unloadable files
-            raise InputError(f"{self.model_path}: not a loadable ONNX model ({_first_line(exc)})") from None
+            raise InputError(f"{self.model_path}: not a loadable ONNX model ({_ort_line(exc)})") from None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         feed = {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
         try:
             return self._session.run(self._output_names, feed)[0]
         except Exception as exc:
-            raise InputError(f"{self.model_path}: inference failed ({_first_line(exc)})") from None
+            raise InputError(f"{self.model_path}: inference failed ({_ort_line(exc)})") from None
 
     def prepare(self, batch: np.ndarray) -> Callable[[], np.ndarray]:
         # Bind everything once so the timed call is just session.run.
@@ -113,76 +95,6 @@ class OrtCpuBackend(Backend):
             "inter_op_threads": 1,
             "spinning": False,
         }
-
-
-class FakeSleepBackend(Backend):
-    """FAKE backend for testing the harness only: it sleeps instead of computing.
-
-    Each call sleeps `seconds_per_call + seconds_per_image * len(batch)` and returns logits from
-    `logits`: a callable batch -> (n, C) array, or a length-C vector repeated for every image.
-    Opened by name, `model_path` is a JSON file with the same keys (logits as a list).
-    """
-
-    name = FAKE_BACKEND_NAME
-
-    def __init__(
-        self,
-        model_path: Any = None,
-        threads: int | None = None,
-        seconds_per_call: float = 0.0,
-        seconds_per_image: float = 0.0,
-        logits: Any = None,
-        num_classes: int = 2,
-        input_shape: list[Any] | None = None,
-    ) -> None:
-        super().__init__()
-        self.model_path = None
-        if model_path is not None:
-            self.model_path = check_model_file(model_path)
-            spec = _read_fake_spec(self.model_path)
-            seconds_per_call = float(spec.get("seconds_per_call", seconds_per_call))
-            seconds_per_image = float(spec.get("seconds_per_image", seconds_per_image))
-            logits = spec.get("logits", logits)
-            num_classes = int(spec.get("num_classes", num_classes))
-            input_shape = spec.get("input_shape", input_shape)
-        if seconds_per_call < 0 or seconds_per_image < 0:
-            raise InputError("fake backend: sleep times must be >= 0")
-        self.seconds_per_call = seconds_per_call
-        self.seconds_per_image = seconds_per_image
-        self.threads = _check_threads(threads)
-        if logits is None:
-            logits = np.zeros(num_classes, dtype=np.float32)
-        self._logits = logits if callable(logits) else np.asarray(logits, dtype=np.float32).reshape(-1)
-        self.input_shape = list(input_shape) if input_shape is not None else ["N", None, None, None]
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        n = int(batch.shape[0])
-        time.sleep(self.seconds_per_call + self.seconds_per_image * n)
-        if callable(self._logits):
-            return np.asarray(self._logits(batch), dtype=np.float32)
-        return np.tile(self._logits, (n, 1))
-
-    def info(self) -> dict[str, Any]:
-        return {
-            "backend": self.name,
-            "runtime": "fake (sleeps, computes nothing)",
-            "version": "0",
-            "providers": [],
-            "threads": self.threads,
-            "seconds_per_call": self.seconds_per_call,
-            "seconds_per_image": self.seconds_per_image,
-        }
-
-
-def _read_fake_spec(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            spec = json.load(handle)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a fake-backend JSON spec ({_first_line(exc)})") from None
-    if not isinstance(spec, dict):
-        raise InputError(f"{path}: fake-backend spec must be a JSON object")
-    return spec
 
 
 def _import_onnxruntime(backend_name: str, package: str) -> Any:
@@ -235,9 +147,9 @@ class OrtCudaBackend(OrtCpuBackend):
         try:
             ort.InferenceSession(self.model_path, sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise InputError(f"{self.model_path}: not a loadable ONNX model ({_first_line(exc)})") from None
+            raise InputError(f"{self.model_path}: not a loadable ONNX model ({_ort_line(exc)})") from None
         raise InputError(f"{self.model_path}: onnxruntime {self._ort_version} could not start {wanted} "
-                         f"({_first_line(cause)}); {self._requirements()}") from None
+                         f"({_ort_line(cause)}); {self._requirements()}") from None
 
     def _requirements(self) -> str:
         return "check the CUDA and cuDNN libraries"
@@ -279,28 +191,32 @@ def _open_tensorrt(model_path: Any, threads: int | None = None) -> Backend:
     return TensorRTBackend(model_path, threads)
 
 
-def _open_fake_tensorrt(model_path: Any, threads: int | None = None) -> Backend:
-    from runtime_bench.fake_tensorrt import FakeTensorRTBackend
-
-    return FakeTensorRTBackend(model_path, threads)
-
-
 # Backends by name. Runtimes and the TensorRT modules are imported when a backend is opened.
 BACKENDS: dict[str, Callable[..., Backend]] = {
     OrtCpuBackend.name: OrtCpuBackend,
     OrtCudaBackend.name: OrtCudaBackend,
     OrtTensorrtBackend.name: OrtTensorrtBackend,
     "tensorrt": _open_tensorrt,
-    FAKE_BACKEND_NAME: FakeSleepBackend,
-    FAKE_TENSORRT_BACKEND_NAME: _open_fake_tensorrt,
 }
-FAKE_BACKENDS = (FAKE_BACKEND_NAME, FAKE_TENSORRT_BACKEND_NAME)
-ENGINE_BACKENDS = ("tensorrt", FAKE_TENSORRT_BACKEND_NAME)  # they open serialized engines, not ONNX files
+ENGINE_BACKENDS = {"tensorrt"}  # they open serialized engines, not ONNX files
+_UNLISTED: set[str] = set()
+
+
+def register_backend(name: str, factory: Callable[..., Backend], opens_engines: bool = False,
+                     listed: bool = True) -> None:
+    """Add a backend under `name`: `factory(model_path, threads=...)` opens a model (or an engine when
+    `opens_engines`). The tests register their doubles this way; `listed=False` keeps one out of
+    `backend_names()`, the names offered to users."""
+    BACKENDS[name] = factory
+    if opens_engines:
+        ENGINE_BACKENDS.add(name)
+    if not listed:
+        _UNLISTED.add(name)
 
 
 def backend_names() -> list[str]:
-    """Names offered to users (the fake test backends are left out on purpose)."""
-    return [name for name in BACKENDS if name not in FAKE_BACKENDS]
+    """Names offered to users."""
+    return [name for name in BACKENDS if name not in _UNLISTED]
 
 
 def open_backend(name: str, model_path: Any, threads: int | None = None) -> Backend:

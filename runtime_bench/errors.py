@@ -23,7 +23,13 @@ class CheckFailed(EdgePruneError):
     exit_code = 3
 
 
-def first_line(exc: BaseException) -> str:
-    """An exception's message cut to its first line (its type's name when it has none), for one-line errors."""
-    text = str(exc).strip()
-    return text.splitlines()[0].strip() if text else type(exc).__name__
+def first_line(error: BaseException | str, limit: int | None = None, typed: bool = False) -> str:
+    """The first non-empty line of an exception's message (or of a text), for one-line errors: runtime errors
+    can be pages long. Cut to `limit` characters; `typed` puts the exception's type name in front. An
+    exception without a message gives its type's name."""
+    line = next((part.strip() for part in str(error).splitlines() if part.strip()), "")
+    if limit is not None and len(line) > limit:
+        line = line[: limit - 3] + "..."
+    if isinstance(error, BaseException) and (typed or not line):
+        return f"{type(error).__name__}: {line}" if line else type(error).__name__
+    return line or "no details"

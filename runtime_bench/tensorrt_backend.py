@@ -1,7 +1,7 @@
 """TensorRT runtime: a serialized engine, device buffers through the CUDA Python bindings, no torch.
 
 The `tensorrt` and CUDA modules are passed in (or imported on first use), so the same code runs against
-`runtime_bench.fake_tensorrt` in tests without a GPU. The parts that decide something are plain functions:
+`tests/fake_tensorrt.py` in tests without a GPU. The parts that decide something are plain functions:
 `select_profile` (which optimization profile serves a batch shape), `plan_buffers` (bytes per I/O tensor
 at the largest shape) and `LayerTimes` (per-layer times from TensorRT's profiler). `process_logger` is the
 one logger this process gives TensorRT, shared with the engine builder (exporters/tensorrt.py).

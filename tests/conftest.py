@@ -8,7 +8,10 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
+from fake_backends import register_test_backends
 from PIL import Image
+
+register_test_backends()
 
 # `make test` runs the suite in one pytest-xdist worker per core: each worker's torch then uses its share of
 # the cores, not all of them (oversubscribed threads made every worker slower).

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bundles_for_tests import INPUT, LABELS, write_tiny_bundle
+from fake_backends import FAKE_BACKEND_NAME
 
-from runtime_bench.backends import FAKE_BACKEND_NAME
 from runtime_bench.bundle import (
     MANIFEST_NAME,
     benchmark_bundle,

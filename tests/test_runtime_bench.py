@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from fake_backends import FAKE_BACKEND_NAME
 from onnx import TensorProto, helper, numpy_helper
 
 from runtime_bench import environment
 from runtime_bench.__main__ import main as cli_main
 from runtime_bench.accuracy import classification_metrics, evaluate, harmonic_mean, top1_agreement
-from runtime_bench.backends import FAKE_BACKEND_NAME, OrtCpuBackend, open_backend
+from runtime_bench.backends import OrtCpuBackend, open_backend
 from runtime_bench.bench import run_benchmark
 from runtime_bench.compare import compare_files, compare_reports
 from runtime_bench.errors import InputError

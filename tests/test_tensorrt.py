@@ -2,7 +2,7 @@
 their wiring into export and deploy.
 
 Three tiers, as in tinygrad: plain functions (profiles, buffer plans, cache keys, messages); the real builder
-and runtime code over `runtime_bench.fake_tensorrt` (a fake tensorrt module and CUDA runtime: no GPU, the
+and runtime code over `tests/fake_tensorrt.py` (a fake tensorrt module and CUDA runtime: no GPU, the
 fake runs the ONNX model with ONNX Runtime); and the TensorRT 11 ONNX conversions (float16, Q/DQ), which are
 plain ONNX and checked here with ONNX Runtime on real images. Tests that need a real GPU skip with the reason.
 """
@@ -20,6 +20,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from fake_tensorrt import (
+    FAKE_GPU,
+    FAKE_LAYER_MS,
+    FAKE_TENSORRT_BACKEND_NAME,
+    FakeCudaRuntime,
+    FakeTensorRT,
+    FakeTensorRTBackend,
+)
 from onnx import TensorProto, helper, numpy_helper
 
 from exporters.tensorrt import (
@@ -34,17 +42,10 @@ from exporters.tensorrt import (
 )
 from runtime_bench import tensorrt_backend
 from runtime_bench.accuracy import top1_agreement
-from runtime_bench.backends import FAKE_TENSORRT_BACKEND_NAME, backend_names, open_backend
+from runtime_bench.backends import backend_names, open_backend
 from runtime_bench.bench import run_benchmark
 from runtime_bench.bundle import benchmark_bundle, read_bundle
 from runtime_bench.errors import CheckFailed, InputError
-from runtime_bench.fake_tensorrt import (
-    FAKE_GPU,
-    FAKE_LAYER_MS,
-    FakeCudaRuntime,
-    FakeTensorRT,
-    FakeTensorRTBackend,
-)
 from runtime_bench.report import to_markdown
 from runtime_bench.tensorrt_backend import (
     BufferPlan,
@@ -354,7 +355,7 @@ def test_a_failed_build_leaves_no_engine_and_no_temporary_file(tmp_path):
 
 
 def test_a_build_failure_says_what_tensorrt_logged(cnn_path, tmp_path, monkeypatch):
-    from runtime_bench import fake_tensorrt
+    import fake_tensorrt
 
     def out_of_memory(builder, network, config):
         builder.logger.log(fake_tensorrt.Severity.WARNING, "a warning is not the reason")
@@ -373,7 +374,7 @@ def test_a_build_failure_says_what_tensorrt_logged(cnn_path, tmp_path, monkeypat
 def test_one_logger_per_process_and_each_build_reports_its_own_error(fake_engine, cnn_path, tmp_path, monkeypatch):
     """TensorRT keeps the first logger it was given (the fake does as libnvinfer does). An engine opened first
     gave the Runtime its logger; a build after it must still see its own errors, and only its own."""
-    from runtime_bench import fake_tensorrt
+    import fake_tensorrt
 
     trt, cudart = _fake(10)
     engine = TensorRTBackend(fake_engine, trt=trt, cudart=cudart)
@@ -676,8 +677,9 @@ def test_export_with_tensorrt_but_without_it_is_one_line_error(tmp_path):
 
 
 def test_deploy_stage_says_in_one_line_why_it_skipped(monkeypatch, capsys, tmp_path):
-    from toolchain.cli import tensorrt_stage
     from toolchain.engines import tensorrt_settings
+
+    from toolchain.cli import tensorrt_stage
 
     assert tensorrt_stage(tmp_path, None, {}, None, None, {}, progress=False) is None
     monkeypatch.setitem(sys.modules, "tensorrt", None)

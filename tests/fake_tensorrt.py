@@ -29,8 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from runtime_bench.backend_api import FAKE_TENSORRT_BACKEND_NAME, check_model_file
+from runtime_bench.backend_api import check_model_file
 from runtime_bench.tensorrt_backend import TensorRTBackend
+
+FAKE_TENSORRT_BACKEND_NAME = "fake-tensorrt-for-tests"  # registered by tests/fake_backends.py
 
 FAKE_ENGINE_FORMAT = "fake-tensorrt-engine"
 FAKE_VERSIONS = {10: "10.99.0-fake", 11: "11.99.0-fake"}
