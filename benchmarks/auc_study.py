@@ -28,7 +28,10 @@ from readme_blocks import replace_block  # noqa: E402
 
 from runtime_bench.report import write_json_atomic  # noqa: E402
 from toolchain.assets import prepare_default_assets  # noqa: E402
-from toolchain.pipeline import PruneConfig, curve_auc, prepare, prune  # noqa: E402
+from toolchain.config import PruneConfig  # noqa: E402
+from toolchain.control.prune import prune  # noqa: E402
+from toolchain.stages.prepare import prepare  # noqa: E402
+from toolchain.stages.prune import curve_auc  # noqa: E402
 
 MODELS = {
     # 64 px: the controller's m = 64 candidates per change of order cost a partial forward each, and at 96 px

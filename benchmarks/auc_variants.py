@@ -25,7 +25,8 @@ from readme_blocks import replace_block  # noqa: E402
 
 from runtime_bench.report import write_json_atomic  # noqa: E402
 from toolchain.assets import prepare_default_assets  # noqa: E402
-from toolchain.pipeline import PruneConfig, prepare  # noqa: E402
+from toolchain.config import PruneConfig  # noqa: E402
+from toolchain.stages.prepare import prepare  # noqa: E402
 
 LRP = "plain LRP (Yeom)"
 VARIANTS = {  # name -> PruneConfig fields of the dpx run

@@ -34,7 +34,9 @@ from readme_blocks import update_readme  # noqa: E402
 
 from runtime_bench.report import write_json_atomic  # noqa: E402
 from toolchain.assets import prepare_default_assets  # noqa: E402
-from toolchain.pipeline import PruneConfig, prepare, prune  # noqa: E402
+from toolchain.config import PruneConfig  # noqa: E402
+from toolchain.control.prune import prune  # noqa: E402
+from toolchain.stages.prepare import prepare  # noqa: E402
 
 MODELS = {
     "mobilenet_v2": {"model": "mobilenet_v2", "weights": "IMAGENET1K_V1", "image_size": 112},

@@ -105,7 +105,8 @@ def prepare_model(name: str, weights: str, work: pathlib.Path, rate: float) -> t
 
     from toolchain.assets import prepare_default_assets
     from toolchain.cli import DEPLOY_KEYS, export_models, reusable_export, reusable_manifest
-    from toolchain.pipeline import PruneConfig, run_prune
+    from toolchain.config import PruneConfig
+    from toolchain.stages.prune import run_prune
 
     data = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
     if data.get("assets") and not pathlib.Path(data["data"]).is_dir():
@@ -131,7 +132,7 @@ def main() -> int:
     parser.add_argument("--json", help="default: benchmarks/results/gpu_<card>.json")
     args = parser.parse_args()
 
-    from toolchain.pipeline import small_arrays, test_arrays
+    from toolchain.stages.prepare import small_arrays, test_arrays
 
     try:
         env = detect()

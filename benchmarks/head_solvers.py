@@ -22,9 +22,10 @@ sys.path.insert(0, str(ROOT))
 from runtime_bench.accuracy import classification_metrics  # noqa: E402
 from runtime_bench.report import write_json_atomic  # noqa: E402
 from toolchain.assets import prepare_default_assets  # noqa: E402
+from toolchain.config import PruneConfig  # noqa: E402
+from toolchain.control.signals import ControlSignal  # noqa: E402
 from toolchain.head import choose_ridge_alpha, fit_linear, head_features, ridge_solve  # noqa: E402
-from toolchain.pipeline import PruneConfig, prepare  # noqa: E402
-from toolchain.signals import ControlSignal  # noqa: E402
+from toolchain.stages.prepare import prepare  # noqa: E402
 
 
 def timed(fn, repeats: int = 5):

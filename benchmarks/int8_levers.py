@@ -7,7 +7,7 @@ For dense.onnx and model.onnx of each deploy folder and every variant (calibrati
 asymmetric activations, per-channel or per-tensor weights, which layer classes stay in float, augmented
 calibration views), the INT8 model calibrated on the whole small set is run by ONNX Runtime on the CPU over the
 test set next to its FP32 model: accuracy, harmonic mean, worst class, the largest per-class drop and top-1
-agreement; and the small-set estimate of the drop that the export gate uses (toolchain/precision.py: calibration
+agreement; and the small-set estimate of the drop that the export gate uses (toolchain/stages/precision.py: calibration
 and head both cross-fitted), with its error against the test. `tensorrt-previous` is the Q/DQ model TensorRT 11
 was given before (symmetric int8 activations, min-max, Q/DQ on Conv/Gemm inputs only, float biases); the other
 variants quantize every op ONNX Runtime can (activations stay int8 between layers) unless they say layers-only. Writes benchmarks/results/int8_levers.json
@@ -33,8 +33,8 @@ from exporters.quantize import Int8Settings, quantize_int8  # noqa: E402
 from runtime_bench.accuracy import top1_agreement  # noqa: E402
 from runtime_bench.report import write_json_atomic  # noqa: E402
 from toolchain.artifact import read_manifest  # noqa: E402
-from toolchain.pipeline import small_arrays, test_arrays  # noqa: E402
-from toolchain.precision import Int8Gate, class_metrics, output_name, run_outputs  # noqa: E402
+from toolchain.stages.precision import Int8Gate, class_metrics, output_name, run_outputs  # noqa: E402
+from toolchain.stages.prepare import small_arrays, test_arrays  # noqa: E402
 
 NONE: tuple = ()
 VARIANTS = {

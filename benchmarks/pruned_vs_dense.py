@@ -16,7 +16,7 @@ import sys
 from runtime_bench.report import write_json_atomic
 from toolchain.artifact import read_manifest
 from toolchain.cli import bench_models
-from toolchain.pipeline import test_arrays
+from toolchain.stages.prepare import test_arrays
 
 
 def main() -> int:

@@ -5,7 +5,7 @@
 VGG16 (HED weights) and MobileNetV2 (ImageNet), each timed in one process, round after round in turn: the
 plain forward `model(x)` as loaded (torch's default layout), the same forward on channels-last input, and
 a relevance pass (`lrp_filter_scores`, which traces the model, folds BatchNorm and runs channels-last,
-toolchain/lrp_graph.py). Prints the medians, both ratios, and the floor the LRP rules themselves set: the
+toolchain/scoring/graph_pass.py). Prints the medians, both ratios, and the floor the LRP rules themselves set: the
 pass's multiply-adds over a forward's (z+ and its transpose per conv, twice on signed inputs). Writes
 benchmarks/results/relevance_cost.json and the README block relevance-cost.
 """
@@ -27,9 +27,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 from readme_blocks import update_readme  # noqa: E402
 
 from runtime_bench.report import write_json_atomic  # noqa: E402
-from toolchain.lrp_graph import GraphLrp  # noqa: E402
 from toolchain.models import ModelSource, build_model  # noqa: E402
-from toolchain.relevance import lrp_filter_scores  # noqa: E402
+from toolchain.scoring.graph_pass import GraphLrp  # noqa: E402
+from toolchain.scoring.lrp import lrp_filter_scores  # noqa: E402
 from toolchain.surgery import filter_layers  # noqa: E402
 
 MODELS = {

@@ -14,7 +14,7 @@ import sys
 from readme_blocks import update_readme
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-from toolchain.report import headline, int8_lines  # noqa: E402
+from toolchain.stages.report import headline, int8_lines  # noqa: E402
 
 
 def table(report: dict) -> str:

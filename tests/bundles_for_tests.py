@@ -39,7 +39,7 @@ def write_tiny_model(path: Path, seed: int) -> None:
 
 def write_tiny_bundle(folder: Path, with_runtime_bench: bool = False) -> Path:
     """dense.onnx, model.onnx, eval.npz (12 images) and manifest.json in `folder`; with a copy of
-    runtime_bench as toolchain/bundle.py makes it, when `with_runtime_bench`."""
+    runtime_bench as toolchain/stages/bundle.py makes it, when `with_runtime_bench`."""
     folder.mkdir(parents=True, exist_ok=True)
     write_tiny_model(folder / "dense.onnx", 1)
     write_tiny_model(folder / "model.onnx", 2)

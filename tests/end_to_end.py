@@ -14,7 +14,7 @@ from torch import nn
 from toolchain.artifact import apply_shapes, layer_shapes
 from toolchain.complexity import macs_and_params
 from toolchain.families import classifier_layer
-from toolchain.relevance import lrp_filter_scores, relevance_at, rule_table
+from toolchain.scoring.lrp import lrp_filter_scores, relevance_at, rule_table
 from toolchain.surgery import PruningGraph, as_selection, filter_layers, masked, out_channels, rank_chunks
 
 CONSERVATION_TOL = 1e-3  # per sample, relative to the 1.0 injected; measured worst 5e-5 (ConvNeXt, DenseNet)

@@ -17,9 +17,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from toolchain.complexity import macs_and_params
-from toolchain.costs import layer_macs, output_positions
 from toolchain.families import FAMILIES, build
-from toolchain.relevance import relevance_at
+from toolchain.scoring.lrp import relevance_at
+from toolchain.surgery.costs import layer_macs, output_positions
 
 
 def conv_bn_act(cin: int, cout: int, act: nn.Module | None = None, **kwargs) -> nn.Sequential:

@@ -1,4 +1,4 @@
-"""The PNG of a bench report (toolchain.report.plot_bench; `edgeprune bench --png`): written whole, or not at all."""
+"""The PNG of a bench report (toolchain.stages.report.plot_bench; `edgeprune bench --png`): written whole, or not at all."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from PIL import Image
 
 from runtime_bench.errors import InputError
 from toolchain.cli import main
-from toolchain.report import plot_bench
+from toolchain.stages.report import plot_bench
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FAST = ["--threads", "1", "--min-runs", "5", "--min-seconds", "0.05"]

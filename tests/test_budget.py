@@ -11,10 +11,14 @@ from models_for_tests import tiny_cnn
 from torch import nn
 
 from toolchain.artifact import load_dense_and_pruned
-from toolchain.costs import ChannelCosts, channel_costs, layer_macs, output_positions
+from toolchain.config import PruneConfig
+from toolchain.control.prune import evaluate, prune
+from toolchain.control.state import PruningState
 from toolchain.head import choose_ridge_alpha, ridge_solve
-from toolchain.pipeline import PruneConfig, PruningState, evaluate, prepare, prune, run_prune
+from toolchain.stages.prepare import prepare
+from toolchain.stages.prune import run_prune
 from toolchain.surgery import PruningGraph, masked
+from toolchain.surgery.costs import ChannelCosts, channel_costs, layer_macs, output_positions
 
 TINY = "tests/models_for_tests.py:tiny_cnn"
 # Five close colours under heavy noise: a random tiny CNN separates them only partly, and less as it loses
@@ -194,14 +198,14 @@ def test_the_state_estimate_is_leave_one_out_of_the_refitted_head(image_data):
 
 
 def _tiny_cache(images):
-    from toolchain.feature_cache import HeadInputCache
+    from toolchain.control.feature_cache import HeadInputCache
 
     model = tiny_cnn().eval()
     return model, HeadInputCache(model, images, "12")
 
 
 def test_compensation_with_nothing_removed_leaves_every_weight_and_output_as_it_was():
-    from toolchain.compensation import Compensation
+    from toolchain.control.compensation import Compensation
 
     images = torch.randn(12, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     model, cache = _tiny_cache(images)
@@ -215,7 +219,7 @@ def test_compensation_with_nothing_removed_leaves_every_weight_and_output_as_it_
 
 
 def test_compensation_brings_a_pruned_layer_back_towards_its_dense_output():
-    from toolchain.compensation import Compensation
+    from toolchain.control.compensation import Compensation
 
     images = torch.randn(12, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     model, cache = _tiny_cache(images)

@@ -8,8 +8,8 @@ import pytest
 
 from runtime_bench.accuracy import classification_metrics, harmonic_mean
 from runtime_bench.errors import InputError
-from toolchain.controller import ControllerConfig, Unit, run_controller
-from toolchain.curves import class_averaged_auc, rate_grid, relative_gain, state_at_rates
+from toolchain.control.controller import ControllerConfig, Unit, run_controller
+from toolchain.control.curves import class_averaged_auc, rate_grid, relative_gain, state_at_rates
 
 Oracle = Callable[[frozenset], float]
 

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from runtime_bench.errors import InputError
 from toolchain.families import FAMILIES, build, classifier_layer, families_table, graph_cuts, unscored_layers
-from toolchain.relevance import lrp_filter_scores, relevance_at, rule_table
+from toolchain.scoring.lrp import lrp_filter_scores, relevance_at, rule_table
 from toolchain.surgery import (
     ChannelGroup,
     PruningGraph,

@@ -1,4 +1,4 @@
-"""INT8 for ONNX Runtime's CPU kernels (exporters/quantize.py) behind the per-class gate (toolchain/precision.py).
+"""INT8 for ONNX Runtime's CPU kernels (exporters/quantize.py) behind the per-class gate (toolchain/stages/precision.py).
 
 Real parts: a tiny CNN pruned and exported by the pipeline, real PNG images, ONNX Runtime's static quantizer and
 its CPU int8 kernels. Nothing here is a test double except where a test says it replaces the estimate.
@@ -16,8 +16,8 @@ from onnx import numpy_helper
 
 from exporters.quantize import Int8Settings, float_ops, layer_classes, named, quantize_int8
 from runtime_bench.errors import CheckFailed, InputError
-from toolchain import precision
-from toolchain.precision import INT8_MODEL, INT8_RECORD, Int8Gate, export_int8, folds, run_outputs
+from toolchain.stages import precision
+from toolchain.stages.precision import INT8_MODEL, INT8_RECORD, Int8Gate, export_int8, folds, run_outputs
 
 TINY = "tests/models_for_tests.py:tiny_cnn"
 
@@ -26,7 +26,8 @@ TINY = "tests/models_for_tests.py:tiny_cnn"
 def exported(tmp_path_factory, image_data):
     """A pruned and exported folder of tiny_cnn on the colour images (what `edgeprune export` leaves)."""
     from toolchain.cli import export_models
-    from toolchain.pipeline import PruneConfig, run_prune
+    from toolchain.config import PruneConfig
+    from toolchain.stages.prune import run_prune
 
     out = tmp_path_factory.mktemp("int8") / "out"
     config = PruneConfig(model=TINY, data=str(image_data.small), test_data=str(image_data.test), shots=10,
@@ -39,7 +40,7 @@ def exported(tmp_path_factory, image_data):
 
 def _small(out):
     from toolchain.artifact import read_manifest
-    from toolchain.pipeline import small_arrays
+    from toolchain.stages.prepare import small_arrays
 
     return small_arrays(read_manifest(out), progress=False)
 
@@ -70,7 +71,7 @@ def test_int8_export_writes_the_model_and_its_per_class_record(exported):
         assert figures["int8"]["accuracy"] >= figures["fp32"]["accuracy"] - 0.05
     # The test figures are those of the file written: recomputed from it here.
     from toolchain.artifact import read_manifest
-    from toolchain.pipeline import test_arrays
+    from toolchain.stages.prepare import test_arrays
 
     images, labels = test_arrays(read_manifest(exported), progress=False)
     logits = run_outputs(path, images, [model.graph.output[0].name])[model.graph.output[0].name]

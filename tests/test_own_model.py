@@ -12,7 +12,7 @@ from torch import nn
 
 from toolchain.cli import main
 from toolchain.models import ModelSource, build_model
-from toolchain.relevance import lrp_filter_scores
+from toolchain.scoring.lrp import lrp_filter_scores
 from toolchain.surgery import PruningGraph, rank_chunks
 
 FACTORY = '''

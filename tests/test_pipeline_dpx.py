@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from toolchain.pipeline import PruneConfig, prepare, prune
+from toolchain.config import PruneConfig
+from toolchain.control.prune import prune
+from toolchain.stages.prepare import prepare
 
 
 @pytest.mark.slow

@@ -7,8 +7,9 @@ import torch
 from models_for_tests import calibrated, family
 from torch import nn
 
-from toolchain.lrp_rules import zplus_flat
-from toolchain.relevance import l1_filter_scores, lrp_filter_scores, relevance_at
+from toolchain.scoring.baselines import l1_filter_scores
+from toolchain.scoring.lrp import lrp_filter_scores, relevance_at
+from toolchain.scoring.rules import zplus_flat
 
 CONSERVATION_TOL = 1e-3  # relative; float32 sums over ~1e5 terms
 
@@ -98,7 +99,7 @@ def test_l1_scores_are_filter_weight_norms():
 
 
 def test_taylor_scores_match_activation_times_gradient_by_hand():
-    from toolchain.relevance import taylor_filter_scores
+    from toolchain.scoring.baselines import taylor_filter_scores
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 3, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
@@ -114,8 +115,8 @@ def test_taylor_scores_match_activation_times_gradient_by_hand():
 
 @pytest.mark.parametrize("name", ["vgg11_bn", "resnet18", "mobilenet_v2"])
 def test_graph_lrp_gives_the_scores_of_the_rules_by_op(name):
-    from toolchain.lrp_graph import GraphLrp
-    from toolchain.relevance import channel_totals
+    from toolchain.scoring.graph_pass import GraphLrp
+    from toolchain.scoring.lrp import channel_totals
     from toolchain.surgery import filter_layers
 
     model = family(name)
@@ -136,7 +137,7 @@ def test_graph_lrp_gives_the_scores_of_the_rules_by_op(name):
 
 
 def test_graph_lrp_leaves_models_it_does_not_cover_to_the_rules_by_op():
-    from toolchain.lrp_graph import GraphLrp
+    from toolchain.scoring.graph_pass import GraphLrp
     from toolchain.surgery import filter_layers
 
     model = family("mobilenet_v3_small")  # squeeze-excitation gates: a product the graph path has no rule for
@@ -148,7 +149,7 @@ def test_graph_lrp_leaves_models_it_does_not_cover_to_the_rules_by_op():
 def test_taylor_scores_a_model_whose_convs_feed_in_place_relus():
     import copy
 
-    from toolchain.relevance import taylor_filter_scores
+    from toolchain.scoring.baselines import taylor_filter_scores
 
     model = family("vgg11")  # conv -> ReLU(inplace=True): the first conv's output must not be a graph leaf
     torch.manual_seed(3)
@@ -165,7 +166,7 @@ def test_taylor_scores_a_model_whose_convs_feed_in_place_relus():
 
 
 def test_graph_lrp_counts_the_multiply_adds_its_rules_need():
-    from toolchain.lrp_graph import GraphLrp
+    from toolchain.scoring.graph_pass import GraphLrp
     from toolchain.surgery import filter_layers
 
     torch.manual_seed(0)

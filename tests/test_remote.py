@@ -1,4 +1,4 @@
-"""Benchmarking a bundle on a device over SSH (toolchain/remote.py) against a real OpenSSH server.
+"""Benchmarking a bundle on a device over SSH (toolchain/stages/remote.py) against a real OpenSSH server.
 
 The test starts its own sshd on 127.0.0.1 from a temporary folder (its own host key, port, authorized_keys);
 the client trusts only that host key (a known_hosts file in the same folder) and logs in with a key made for
@@ -27,7 +27,7 @@ from runtime_bench.__main__ import _parser as runtime_bench_parser
 from runtime_bench.bundle import MANIFEST_NAME, sha256_file, write_bundle_manifest
 from runtime_bench.errors import CheckFailed
 from toolchain.cli import BENCH_DEFAULTS, main
-from toolchain.remote import (
+from toolchain.stages.remote import (
     BENCH_HASH_CHARS,
     Device,
     bench_on_device,

@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from toolchain.pipeline import PruneConfig, prepare
-from toolchain.signals import ControlSignal
+from toolchain.config import PruneConfig
+from toolchain.control.signals import ControlSignal
+from toolchain.stages.prepare import prepare
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def test_crossfit_needs_two_images_per_class(task):
 def test_head_input_cache_recomputes_only_what_a_mask_changed_and_agrees_with_a_full_forward(name):
     from models_for_tests import family
 
-    from toolchain.feature_cache import HeadInputCache
+    from toolchain.control.feature_cache import HeadInputCache
     from toolchain.head import head_features
     from toolchain.models import linear_head
     from toolchain.surgery import PruningGraph
@@ -107,8 +108,8 @@ def test_zeroed_inputs_give_the_head_inputs_of_the_weight_mask(name, head_name, 
     # (the first one by subtracting what they contributed) instead of masking weights: same numbers.
     from models_for_tests import family
 
-    import toolchain.feature_cache as feature_cache
-    from toolchain.feature_cache import HeadInputCache
+    import toolchain.control.feature_cache as feature_cache
+    from toolchain.control.feature_cache import HeadInputCache
     from toolchain.surgery import PruningGraph, as_selection, rank_chunks
 
     subtracted = []
@@ -142,7 +143,8 @@ def test_baseline_steps_end_on_the_grid_the_auc_reads(task):
     # overshoot)), or by 45% a method is read a whole step behind where it is.
     import copy
 
-    from toolchain.pipeline import curve_auc, prune
+    from toolchain.control.prune import prune
+    from toolchain.stages.prune import curve_auc
 
     local = copy.copy(task)
     local.model = copy.deepcopy(task.model)

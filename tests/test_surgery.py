@@ -13,7 +13,7 @@ from torch import nn
 from runtime_bench.errors import InputError
 from toolchain.artifact import layer_shapes, load_dense_and_pruned, save_pruned
 from toolchain.models import find_head, sha256_file
-from toolchain.relevance import random_filter_scores
+from toolchain.scoring.baselines import random_filter_scores
 from toolchain.surgery import ChannelGroup, PruningGraph, masked, select_channels
 
 

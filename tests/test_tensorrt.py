@@ -677,9 +677,8 @@ def test_export_with_tensorrt_but_without_it_is_one_line_error(tmp_path):
 
 
 def test_deploy_stage_says_in_one_line_why_it_skipped(monkeypatch, capsys, tmp_path):
-    from toolchain.engines import tensorrt_settings
-
     from toolchain.cli import tensorrt_stage
+    from toolchain.stages.engines import tensorrt_settings
 
     assert tensorrt_stage(tmp_path, None, {}, None, None, {}, progress=False) is None
     monkeypatch.setitem(sys.modules, "tensorrt", None)
@@ -693,7 +692,7 @@ def test_deploy_stage_says_in_one_line_why_it_skipped(monkeypatch, capsys, tmp_p
 
 
 def test_tensorrt_config_section_is_checked(tmp_path):
-    from toolchain.engines import tensorrt_settings
+    from toolchain.stages.engines import tensorrt_settings
 
     settings = tensorrt_settings({"cache_dir": str(tmp_path)}, "c.yaml")
     assert settings == {"precisions": ["fp16"], "batch_sizes": [1, 1, 8], "cache_dir": str(tmp_path)}
@@ -710,10 +709,10 @@ def test_tensorrt_config_section_is_checked(tmp_path):
 
 
 def test_engines_of_a_deploy_folder_are_measured_and_bundled(cnn_path, real_images, tmp_path):
-    """toolchain.engines and the bundle over the fake module: build, compare with ONNX, time, bundle, rerun."""
-    from toolchain.bundle import make_bundle
-    from toolchain.engines import ENGINE_RECORD, build_engines, evaluate_engines
-    from toolchain.report import tensorrt_table
+    """toolchain.stages.engines and the bundle over the fake module: build, compare with ONNX, time, bundle, rerun."""
+    from toolchain.stages.bundle import make_bundle
+    from toolchain.stages.engines import ENGINE_RECORD, build_engines, evaluate_engines
+    from toolchain.stages.report import tensorrt_table
 
     _, _, test, labels = real_images
     out = tmp_path / "deploy"

@@ -132,7 +132,7 @@ def _load_yaml(path: pathlib.Path) -> dict:
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a mapping of options at the top level")
     data = {k.replace("-", "_"): v for k, v in data.items()}
-    from .pipeline import PruneConfig
+    from .config import PruneConfig
 
     known = {f.name for f in dataclasses.fields(PruneConfig)} | DEPLOY_KEYS
     unknown = sorted(set(data) - known)
@@ -143,7 +143,7 @@ def _load_yaml(path: pathlib.Path) -> dict:
 
 def resolve_config(args: argparse.Namespace, config_file: pathlib.Path | None):
     """PruneConfig from defaults < YAML file < command-line flags; plus the deploy-only sections."""
-    from .pipeline import PruneConfig
+    from .config import PruneConfig
 
     data = _load_yaml(config_file) if config_file else {}
     extra = {k: data.pop(k) for k in list(data) if k in DEPLOY_KEYS}
@@ -176,7 +176,7 @@ def cmd_assets(args) -> int:
 
 
 def cmd_prune(args) -> int:
-    from .pipeline import run_prune
+    from .stages.prune import run_prune
 
     config, _ = resolve_config(args, pathlib.Path(args.config) if args.config else None)
     out = _out_dir(args.out)
@@ -195,7 +195,7 @@ EXPORT_RECORD = "export.json"
 
 def reusable_manifest(out: pathlib.Path, config) -> dict | None:
     from .artifact import MANIFEST, read_manifest
-    from .pipeline import config_hash
+    from .config import config_hash
 
     if not (out / MANIFEST).is_file():
         return None
@@ -230,7 +230,7 @@ def export_models(out: pathlib.Path, exporter: str = "auto", progress: bool = Tr
     from exporters.onnx import export_verified
 
     from .artifact import load_dense_and_pruned
-    from .pipeline import test_arrays
+    from .stages.prepare import test_arrays
 
     manifest, dense, pruned = load_dense_and_pruned(out)
     images, _ = test_arrays(manifest, progress=progress)
@@ -256,7 +256,7 @@ def cmd_export(args) -> int:
     if args.tensorrt:
         from exporters.tensorrt import detect
 
-        from .engines import tensorrt_settings
+        from .stages.engines import tensorrt_settings
 
         try:  # before minutes of export: an engine that cannot be built is an error here, not a skip
             detect()
@@ -265,7 +265,7 @@ def cmd_export(args) -> int:
         settings = tensorrt_settings({"precisions": args.tensorrt}, "--tensorrt")
     max_drop = None
     if args.precision == "int8":
-        from .controller import check_max_drop
+        from .control.controller import check_max_drop
 
         max_drop = check_max_drop(args.max_drop if args.max_drop is not None else INT8_MAX_DROP)
     results = export_models(out, args.exporter, progress=not args.quiet)
@@ -276,7 +276,7 @@ def cmd_export(args) -> int:
         print(int8_line(int8_stage(out, max_drop, progress=not args.quiet)))
     if settings is not None:
         from .artifact import read_manifest
-        from .engines import build_engines
+        from .stages.engines import build_engines
 
         for r in build_engines(out, settings, read_manifest(out), progress=not args.quiet).values():
             print(f"{r['engine']}: TensorRT {r['tensorrt_version']} {r['precision']} engine for {r['gpu']} "
@@ -311,7 +311,7 @@ def reusable_int8(out: pathlib.Path, max_drop: float) -> dict | None:
     from exporters.quantize import Int8Settings
     from runtime_bench.bundle import sha256_file
 
-    from .precision import INT8_MODEL, INT8_RECORD
+    from .stages.precision import INT8_MODEL, INT8_RECORD
 
     try:
         record = json.loads((out / INT8_RECORD).read_text())
@@ -324,7 +324,7 @@ def reusable_int8(out: pathlib.Path, max_drop: float) -> dict | None:
 
 
 def int8_stage(out: pathlib.Path, max_drop: float, progress: bool) -> dict:
-    from .precision import export_int8
+    from .stages.precision import export_int8
 
     if progress:
         print(f"INT8: calibrating on the small set and judging it per class (--max-drop {max_drop:g})",
@@ -350,7 +350,7 @@ def tensorrt_stage(out: pathlib.Path, settings: dict | None, manifest: dict, ima
     """Engines and their measurements for deploy, or None after one line on stderr saying why not."""
     from runtime_bench.tensorrt_backend import TensorRTUnavailable
 
-    from .engines import build_engines, evaluate_engines, skip_line
+    from .stages.engines import build_engines, evaluate_engines, skip_line
 
     if settings is None:
         print(skip_line("the config has no tensorrt section"), file=sys.stderr)
@@ -376,7 +376,7 @@ def _bench_data(data: str, models: list[str], args) -> tuple:
 
     manifest_path = pathlib.Path(models[0]).parent / MANIFEST
     if args.image_size:
-        from .pipeline import IMAGENET_MEAN, IMAGENET_STD
+        from .config import IMAGENET_MEAN, IMAGENET_STD
 
         prep = Preprocessing(args.image_size, tuple(args.mean or IMAGENET_MEAN), tuple(args.std or IMAGENET_STD))
     elif manifest_path.is_file():
@@ -443,7 +443,7 @@ def cmd_bench(args) -> int:
     if args.md:
         write_text_atomic(to_markdown(report), args.md)
     if args.png:
-        from .report import plot_bench
+        from .stages.report import plot_bench
 
         plot_bench(report, pathlib.Path(args.png), args.json)
     _print_bench_summary(report)
@@ -469,7 +469,7 @@ def _device_options(parser: argparse.ArgumentParser, required: bool) -> None:
 
 def _device_from_args(args):
     """The device (None: not given) and ssh options, checked before any work: a typo must not wait for a prune."""
-    from .remote import Device, check_ssh_options
+    from .stages.remote import Device, check_ssh_options
 
     if args.device is None:
         given = [flag for flag, value in (("--ssh-option", args.ssh_option), ("--remote-python", args.remote_python),
@@ -486,7 +486,7 @@ def _progress_line(line: str) -> None:
 
 
 def _bench_on_device(args, out: pathlib.Path, device, bench_args: list) -> None:
-    from .remote import BENCH_HASH_CHARS, DEFAULT_PYTHON, DEFAULT_REMOTE_DIR, bench_on_device
+    from .stages.remote import BENCH_HASH_CHARS, DEFAULT_PYTHON, DEFAULT_REMOTE_DIR, bench_on_device
 
     result = bench_on_device(out / "bundle", device, out / "device", ssh_options=args.ssh_option,
                              python=args.remote_python or DEFAULT_PYTHON,
@@ -504,7 +504,7 @@ def _bench_on_device(args, out: pathlib.Path, device, bench_args: list) -> None:
 def cmd_remote_bench(args) -> int:
     import shlex
 
-    from .remote import check_bench_args
+    from .stages.remote import check_bench_args
 
     device = _device_from_args(args)
     try:
@@ -518,10 +518,11 @@ def cmd_remote_bench(args) -> int:
 def cmd_deploy(args) -> int:
     from .artifact import MANIFEST
     from .assets import prepare_default_assets
-    from .bundle import make_bundle
-    from .engines import tensorrt_settings
-    from .pipeline import run_prune, test_arrays
-    from .report import build_report, write_report
+    from .stages.bundle import make_bundle
+    from .stages.engines import tensorrt_settings
+    from .stages.prepare import test_arrays
+    from .stages.prune import run_prune
+    from .stages.report import build_report, write_report
 
     config_file = pathlib.Path(args.config) if args.config else DEFAULT_CONFIG
     config, extra = resolve_config(args, config_file)
@@ -606,7 +607,7 @@ def cmd_deploy(args) -> int:
           f"{s['harmonic_mean_dense']:.3f} -> {s['harmonic_mean_pruned']:.3f}, ORT p50 {s['p50_ms_dense']:.2f} -> "
           f"{s['p50_ms_pruned']:.2f} ms ({s['speedup_p50']:.2f}x; MACs {s['macs_reduction']:.2f}x); see {out}/report.md")
     if device is not None:
-        from .remote import bench_settings_args
+        from .stages.remote import bench_settings_args
 
         _bench_on_device(args, out, device, bench_settings_args(dict(BENCH_DEFAULTS, **(extra.get("bench") or {}))))
     return 0

@@ -17,7 +17,7 @@ from runtime_bench.errors import InputError
 
 from .surgery import pointwise_linears
 
-# Every family gets its LRP rules op by op (toolchain/lrp_rules.py): nothing here is per family but the
+# Every family gets its LRP rules op by op (toolchain/scoring/rules.py): nothing here is per family but the
 # notes on what each one exercises.
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Picking the class logits out of a model that returns several outputs (`--output KEY`).
 
 Its own module because both ends of the pipeline need it: models.py wraps a factory's model in it, and
-surgery.py traces the wrapped model whole (the other outputs' layers read the same channels).
+toolchain/surgery traces the wrapped model whole (the other outputs' layers read the same channels).
 """
 
 from __future__ import annotations

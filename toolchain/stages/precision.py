@@ -39,7 +39,7 @@ from exporters.quantize import (
 from runtime_bench.accuracy import classification_metrics
 from runtime_bench.errors import CheckFailed, InputError
 
-from .controller import check_max_drop
+from ..control.controller import check_max_drop
 
 MAX_FLOAT_SHARE = 0.25  # at most this share of the layers is added in float before the gate refuses
 FOLDS = 2
@@ -88,7 +88,7 @@ def left_out_predictions(fp32: np.ndarray, others: dict, labels: np.ndarray, num
     features from each model ({"fp32": ..., **others})."""
     import torch
 
-    from .head import choose_ridge_alpha, ridge_solve
+    from ..head import choose_ridge_alpha, ridge_solve
 
     x, y = torch.from_numpy(fp32).double(), torch.from_numpy(labels).long()
     alpha = choose_ridge_alpha(x.float(), y, num_classes)
@@ -264,8 +264,8 @@ def export_int8(out: pathlib.Path, max_drop: float, settings: Int8Settings | Non
     from runtime_bench.bundle import sha256_file
     from runtime_bench.report import write_json_atomic
 
-    from .artifact import read_manifest
-    from .pipeline import small_arrays, test_arrays
+    from ..artifact import read_manifest
+    from .prepare import small_arrays, test_arrays
 
     out = pathlib.Path(out)
     fp32_path = out / "model.onnx"

@@ -31,7 +31,7 @@ SCHEMA_VERSION = "1"
 
 
 def build_report(out: pathlib.Path, export: dict, bench: dict, config: dict) -> dict:
-    from .artifact import read_manifest  # imports torch: not needed to plot a bench report
+    from ..artifact import read_manifest  # imports torch: not needed to plot a bench report
 
     manifest = read_manifest(out)
     curve = manifest["curve"]

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .lrp_rules import STABILIZER, stabilize, vjp
+from .rules import STABILIZER, stabilize, vjp
 
 CHUNK = 16  # samples propagated at once
 

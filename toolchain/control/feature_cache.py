@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .head import head_features
-from .surgery import is_depthwise
+from ..head import head_features
+from ..surgery import is_depthwise
 
 Zeroed = Dict[nn.Module, List[int]]  # reading layer -> its input channels to zero (conv: dim 1, linear: last)
 

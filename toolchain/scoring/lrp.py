@@ -4,11 +4,11 @@ Relevance starts as 1.0 on each sample's TRUE class logit and is conserved layer
 makes filter scores of different layers comparable in one global ranking. A filter's score is the sum over
 samples and positions of |R| at its layer's output.
 
-Two implementations of the same rules: `lrp_graph.GraphLrp`, a fast explicit pass for the plain CNNs it
-covers (VGG, ResNet, MobileNetV2), and `lrp_rules.RelevanceMode` for any model, which picks each op's rule
+Two implementations of the same rules: `graph_pass.GraphLrp`, a fast explicit pass for the plain CNNs it
+covers (VGG, ResNet, MobileNetV2), and `rules.RelevanceMode` for any model, which picks each op's rule
 from what the op computes (the rules are listed there). BatchNorms right after a conv or linear layer
-(found by dataflow, not by module order) are folded into it first, reversibly. Baselines: `l1` (L1 norm of
-the filter's weights), `random` and `taylor`.
+(found by dataflow, not by module order) are folded into it first, reversibly. The baselines are in
+baselines.py.
 """
 
 from __future__ import annotations
@@ -17,16 +17,15 @@ import warnings
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from zennit.canonizers import NamedMergeBatchNorm
 from zennit.types import BatchNorm
 
 from runtime_bench.errors import InputError, first_line
 
-from .families import classifier_layer
-from .lrp_rules import RelevanceMode
-from .surgery import filter_layers
+from ..families import classifier_layer
+from ..surgery import filter_layers, out_channels
+from .rules import RelevanceMode
 
 HEAD_RULES = ("epsilon", "zplus")
 # The model run with its rules must compute what the model computes, relative to its largest logit (folding
@@ -248,10 +247,10 @@ def lrp_filter_scores(
 ) -> dict[str, torch.Tensor]:
     """Per filter layer (conv, or pointwise Linear), the summed |R| of each output channel over all images
     (the Yeom criterion)."""
-    from .lrp_graph import GraphLrp
+    from .graph_pass import GraphLrp
 
     layers = filter_layers(model)
-    totals = {n: torch.zeros(_out_channels(m), dtype=torch.float64) for n, m in layers.items()}
+    totals = {n: torch.zeros(out_channels(m), dtype=torch.float64) for n, m in layers.items()}
     model.eval()
     fast = GraphLrp.build(model, layers, head_rule)  # None: a node it does not cover; the rules by op do it all
     for start in range(0, len(images), batch_size):
@@ -267,66 +266,4 @@ def lrp_filter_scores(
             totals[name] += score
         if progress is not None:
             progress(min(stop, len(images)) - start)
-    return totals
-
-
-def _out_channels(layer: nn.Module) -> int:
-    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
-
-
-def l1_filter_scores(model: nn.Module) -> dict[str, torch.Tensor]:
-    """L1 norm of each filter's weights (the magnitude baseline)."""
-    return {n: m.weight.detach().abs().flatten(1).sum(1).to(torch.float64) for n, m in filter_layers(model).items()}
-
-
-def random_filter_scores(model: nn.Module, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    return {
-        n: torch.rand(_out_channels(m), generator=generator, dtype=torch.float64)
-        for n, m in filter_layers(model).items()
-    }
-
-
-def taylor_filter_scores(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 32,
-                         progress: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
-    """First-order Taylor baseline (Molchanov et al.): per filter, |sum over positions of activation x
-    d(cross-entropy on the true class)/d(activation)|, summed over images. Plain autograd, no LRP rules."""
-    layers = filter_layers(model)
-    totals = {n: torch.zeros(_out_channels(m), dtype=torch.float64) for n, m in layers.items()}
-    model.eval()
-    requires = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    captured: dict[str, torch.Tensor] = {}
-
-    def capture(name):
-        def hook(module, inputs, output):
-            captured[name] = output
-
-        return hook
-
-    handles = [m.register_forward_hook(capture(n)) for n, m in layers.items()]
-    try:
-        for start in range(0, len(images), batch_size):
-            stop = start + batch_size
-            with torch.enable_grad():
-                # The input carries the graph (not the first layer's output made a leaf): an in-place ReLU
-                # right after a conv (VGG) may not modify a leaf. Such a ReLU leaves the product unchanged.
-                x = images[start:stop].detach().requires_grad_(True)
-                loss = F.cross_entropy(model(x), labels[start:stop], reduction="sum")
-                names = list(captured)
-                grads = torch.autograd.grad(loss, [captured[n] for n in names])
-            for name, grad in zip(names, grads):
-                product = captured[name].detach() * grad
-                channel_dim = product.ndim - 1 if isinstance(layers[name], nn.Linear) else 1
-                spatial = tuple(d for d in range(1, product.ndim) if d != channel_dim)
-                per_sample = product.sum(dim=spatial) if spatial else product
-                totals[name] += per_sample.abs().sum(0).to(torch.float64)
-            captured.clear()
-            if progress is not None:
-                progress(stop - start if stop <= len(images) else len(images) - start)
-    finally:
-        for h in handles:
-            h.remove()
-        for p, r in zip(model.parameters(), requires):
-            p.requires_grad_(r)
     return totals

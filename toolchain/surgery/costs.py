@@ -21,7 +21,7 @@ from torch import nn
 
 from runtime_bench.errors import InputError
 
-from .surgery import ChannelGroup, PruningGraph, is_depthwise, out_channels
+from .graph import ChannelGroup, PruningGraph, is_depthwise, out_channels
 
 COSTS = ("filters", "macs", "latency")
 

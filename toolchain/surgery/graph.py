@@ -41,7 +41,7 @@ from torch.nn import functional as F
 
 from runtime_bench.errors import InputError, first_line
 
-from .outputs import SelectOutput
+from ..outputs import SelectOutput
 
 
 def _channel_parameters(layer: nn.Module) -> dict[str, nn.Parameter]:
@@ -443,6 +443,21 @@ class PruningGraph:
                 keep = [i for i in range(param.shape[0]) if i not in drop]
                 setattr(layer, attr, nn.Parameter(param.detach()[keep].clone(), requires_grad=param.requires_grad))
         return before - self.filters
+
+    def input_positions(self, selection: dict[str, list[int]], reader: nn.Module) -> list[int]:
+        """Positions of `reader`'s input channels (the head's input features, say) that removing `selection`
+        takes away."""
+        positions: list[int] = []
+        for root, channels in selection.items():
+            for dep, idxs in self.group_of(root, channels) if channels else ():
+                if dep.target.module is reader and not self.graph.is_out_channel_pruning_fn(dep.handler):
+                    positions.extend(int(i) for i in idxs)
+        return positions
+
+    def take_pruned_modules(self) -> set[nn.Module]:
+        """The modules prune() changed since the last call: what a cache of activations must refresh."""
+        changed, self.pruned_modules = self.pruned_modules, set()
+        return changed
 
     def readers(self, selection: dict[str, list[int]]) -> Iterator[tuple[nn.Module, list[int]]]:
         """(layer, its input channels) for every conv, linear layer or LayerNorm that reads a channel of

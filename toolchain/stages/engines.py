@@ -71,7 +71,7 @@ def build_engines(out: pathlib.Path, settings: dict, manifest: dict, progress: b
     from exporters.tensorrt import build_engine, detect
     from runtime_bench.report import write_json_atomic
 
-    from .pipeline import small_arrays
+    from .prepare import small_arrays
 
     detect(trt, cudart)
     calibration = None

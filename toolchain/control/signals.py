@@ -23,8 +23,8 @@ from torch import nn
 from runtime_bench.accuracy import harmonic_mean
 from runtime_bench.errors import InputError
 
+from ..head import fit_linear, ridge_solve
 from .feature_cache import HeadInputCache, Zeroed
-from .head import fit_linear, ridge_solve
 
 SIGNALS = ("small-accuracy", "crossfit-accuracy", "crossfit-probability", "refit")
 # `refit` averages the leave-one-out accuracy of heads a little weaker and stronger than the chosen one:
