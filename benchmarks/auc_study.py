@@ -5,7 +5,7 @@
 
 For every model, seed (a draw of the small labelled set) and method, one sweep from 0 to p_max records
 per-class test accuracy on the grid 0, 0.05, ..., p_max, MACs and parameters, and the class-averaged
-AUC of METHOD.md. The head is fitted once per (model, seed) and shared by all methods; no fine-tuning.
+AUC of docs/method.md. The head is fitted once per (model, seed) and shared by all methods; no fine-tuning.
 Writes benchmarks/results/auc_study.json (after every run, so an interrupted study keeps what it did),
 PNG plots beside it, and the README table between the auc-study markers.
 """
@@ -192,12 +192,12 @@ def main(argv=None) -> int:
     parser.add_argument("--step", type=float, default=0.05)
     parser.add_argument("--round-to", type=int, default=8)
     parser.add_argument("--test-size", type=int, default=300)
-    parser.add_argument("--signal", default="crossfit-probability", help="dpx's A (METHOD.md specifies small-accuracy)")
+    parser.add_argument("--signal", default="crossfit-probability", help="dpx's A (docs/method.md specifies small-accuracy)")
     parser.add_argument("--delta", type=float, default=0.0)
     parser.add_argument("--tau", type=float, default=0.9)
     parser.add_argument("--rescore", default="step", help="accepted, step or never (see ControllerConfig)")
     parser.add_argument("--m", type=int, default=64,
-                        help="units tried by a change of pruning order (METHOD.md's default is 8; the variants "
+                        help="units tried by a change of pruning order (docs/method.md's default is 8; the variants "
                              "table, benchmarks/auc_variants.py, shows what the width of this search buys)")
     parser.add_argument("--class-weighted", action="store_true", help="dpx: class-weighted starting relevance")
     parser.add_argument("--no-ablations", dest="ablations", action="store_false",

@@ -2,10 +2,10 @@
 
     python benchmarks/auc_variants.py [--seed 0] [--models vgg16_hed,mobilenet_v2] [--resume]
 
-METHOD.md's controller as specified (A = harmonic mean of small-set accuracy, delta 0) is compared with the
+docs/method.md's controller as specified (A = harmonic mean of small-set accuracy, delta 0) is compared with the
 variants it names: cross-fitted A, a floor tau relative to the dense model, class-weighted relevance, relevance
 recomputed after every commit, and a wider change of order (m). Same grid, data, inputs and head per model as
-benchmarks/auc_study.py; rows that do not name m use METHOD.md's m = 8. About an hour on 2 cores. Writes
+benchmarks/auc_study.py; rows that do not name m use docs/method.md's m = 8. About an hour on 2 cores. Writes
 benchmarks/results/auc_variants.json and the README block auc-variants.
 """
 

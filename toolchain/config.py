@@ -57,7 +57,7 @@ class PruneConfig:
     allow_fallback: bool = False  # gradient x input, with a warning, for ops without an LRP rule
     batch_size: int = 32
     seed: int = 0
-    # The accuracy-aware controller (--method dpx, METHOD.md); `step` is its s_max, `rate` its p_max.
+    # The accuracy-aware controller (--method dpx, docs/method.md); `step` is its s_max, `rate` its p_max.
     delta: float = 0.0
     tau: float | None = None
     m: int = 8

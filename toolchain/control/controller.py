@@ -1,4 +1,4 @@
-"""The accuracy-aware pruning controller (DPX-SD, METHOD.md), as pure logic over an abstract pruner.
+"""The accuracy-aware pruning controller (DPX-SD, docs/method.md), as pure logic over an abstract pruner.
 
 The controller never touches a torch model: it asks a `PrunableModel` for ranked units, for the
 harmonic mean of per-class accuracies A with some units masked out, and tells it what to commit and
@@ -76,7 +76,7 @@ class PrunableModel(Protocol):
 
 @dataclass
 class ControllerConfig:
-    """Every CHOICE of METHOD.md's controller, with its default. Validated on construction."""
+    """Every CHOICE of docs/method.md's controller, with its default. Validated on construction."""
 
     # Largest step, as a fraction of the ORIGINAL filter count (Yeom's schedule: 5%).
     s_max: float = 0.05

@@ -1,4 +1,4 @@
-"""Accuracy-vs-pruning-rate curves on a fixed grid, and the class-averaged AUC of METHOD.md.
+"""Accuracy-vs-pruning-rate curves on a fixed grid, and the class-averaged AUC of docs/method.md.
 
 Runs are compared on the same grid (0, 0.05, ..., p_max) whatever steps their controller took: at a
 grid rate we use the model state the run had reached at that rate (`state_at_rates`).
@@ -73,7 +73,7 @@ def class_averaged_auc(grid: list[float], per_class: list[list[float]], p_max: f
 
 
 def relative_gain(auc_new: float, auc_base: float) -> float:
-    """(auc_new - auc_base) / auc_base: METHOD.md's headline number (about +0.15 for VGG16)."""
+    """(auc_new - auc_base) / auc_base: docs/method.md's headline number (about +0.15 for VGG16)."""
     if not auc_base > 0:
         raise InputError(f"relative_gain: the baseline AUC must be > 0, got {auc_base}")
     return (auc_new - auc_base) / auc_base

@@ -124,7 +124,7 @@ def curve_point(state: PruningState) -> dict:
 
 
 def prune_with_controller(task: Task, config: PruneConfig, progress: bool = True) -> PruneResult:
-    """--method dpx: the accuracy-aware controller of the method (docs/METHOD.md), LRP scores, physical shrinking."""
+    """--method dpx: the accuracy-aware controller of the method (docs/method.md), LRP scores, physical shrinking."""
     started = time.perf_counter()
     model = task.model
     state = PruningState(task, config)

@@ -1,6 +1,6 @@
 """The controller's signal A(M): the harmonic mean over classes, measured on the small labelled set.
 
-- `small-accuracy` (METHOD.md as specified): per-class accuracy of the model's own head. That head was
+- `small-accuracy` (docs/method.md as specified): per-class accuracy of the model's own head. That head was
   fitted on these very images, so A stays saturated at 1.0 until the test accuracy has already
   fallen (measured: A = 1.0 at every step to 10% on MobileNetV2 while test accuracy went 0.68 -> 0.66).
 - `crossfit-accuracy`: each image is classified by a head fitted on the OTHER folds of the small set
@@ -119,7 +119,7 @@ class ControlSignal:
         return float((torch.tensor(per_class, dtype=torch.float64) * counts).sum() / counts.sum())
 
     def sample_weights(self, floor: float = 0.05) -> torch.Tensor:
-        """METHOD.md's class-weighted variant: each sample's starting relevance 1 / (its class's value),
+        """docs/method.md's class-weighted variant: each sample's starting relevance 1 / (its class's value),
         so that filters the weakest classes rely on rank higher; scaled to mean 1 (the total is unchanged)."""
         inverse = 1.0 / torch.tensor(self.per_class(), dtype=torch.float64).clamp(min=floor)
         weights = inverse[self.labels]

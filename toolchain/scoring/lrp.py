@@ -1,4 +1,4 @@
-"""Filter relevance: the LRP pruning criterion of Yeom et al. (docs/METHOD.md).
+"""Filter relevance: the LRP pruning criterion of Yeom et al. (docs/method.md).
 
 Relevance starts as 1.0 on each sample's TRUE class logit and is conserved layer to layer, which is what
 makes filter scores of different layers comparable in one global ranking. A filter's score is the sum over

@@ -19,7 +19,7 @@ AUC_SNAP = 0.01  # a step lands slightly above its grid rate (whole chunks are r
 
 
 def curve_auc(curve: list[dict], step: float, p_max: float) -> dict | None:
-    """Class-averaged AUC of the test accuracy curve on the grid 0, step, ..., p_max (METHOD.md).
+    """Class-averaged AUC of the test accuracy curve on the grid 0, step, ..., p_max (docs/method.md).
 
     The model state at a grid rate is the last curve point at or below it (+AUC_SNAP). None when p_max
     is not a multiple of step.

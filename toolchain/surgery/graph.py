@@ -561,7 +561,7 @@ def rank_chunks(groups: Sequence[ChannelGroup], scores: dict[str, torch.Tensor],
     `costs` (group root -> what removing one of its channels saves, see toolchain/costs.py): channel
     scores are divided by it, so that expensive channels of little relevance go first.
 
-    A channel's score is the sum of its member layers' scores (METHOD.md: group score = sum). With
+    A channel's score is the sum of its member layers' scores (docs/method.md: group score = sum). With
     `round_to` N, channels leave a group in chunks of N (lowest first; the first chunk aligns the count
     to a multiple of N) and every group keeps at least N channels, so remaining counts stay multiples
     of N, which is what makes a pruned model faster on real kernels rather than only smaller in MACs.
