@@ -1,1 +1,1 @@
-"""Score, prune and shrink pretrained CNNs: relevance, controller, surgery, pipeline, CLI."""
+"""Score, prune and shrink pretrained CNNs: scoring, surgery, control, the deploy stages, and a thin CLI."""
