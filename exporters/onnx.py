@@ -32,7 +32,7 @@ import torch
 
 from runtime_bench.atomic import disk_full, is_disk_full
 from runtime_bench.bundle import sha256_file
-from runtime_bench.errors import CheckFailed, InputError
+from runtime_bench.errors import CheckFailed, InputError, first_line
 
 __all__ = ["export_onnx", "simplify_onnx", "parity_check", "export_verified", "onnx_sha256"]
 
@@ -50,12 +50,6 @@ _EXPORTERS = ("auto", "dynamo", "torchscript")
 def onnx_sha256(path) -> str:
     """SHA-256 hex digest of the file at ``path``."""
     return sha256_file(path)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0].strip() if text else ""
-    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
 def _temp_path(folder: Path, stem: str, suffix: str = ".onnx") -> Path:
@@ -213,7 +207,7 @@ def _export(
                     raise disk_full(path) from None
                 errors.append((name, exc))
                 if exporter == "auto" and name == "dynamo":
-                    notes.append(f"dynamo exporter failed ({_first_line(exc)}); fell back to torchscript")
+                    notes.append(f"dynamo exporter failed ({first_line(exc, typed=True)}); fell back to torchscript")
                 continue
             finally:  # also on Ctrl-C
                 _remove_quietly(tmp)
@@ -221,7 +215,7 @@ def _export(
                 log.warning("%s: %s", path, note)
             return {"exporter": name, "notes": notes, "seconds": time.perf_counter() - t0}
 
-    detail = "; ".join(f"{name}: {_first_line(exc)}" for name, exc in errors)
+    detail = "; ".join(f"{name}: {first_line(exc, typed=True)}" for name, exc in errors)
     raise CheckFailed(f"{path}: ONNX export failed ({detail})")
 
 
@@ -276,7 +270,7 @@ def simplify_onnx(path) -> dict[str, Any]:
     try:
         original = onnx.load(str(path))
     except Exception as exc:
-        raise InputError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from exc
+        raise InputError(f"{path}: not a readable ONNX model ({first_line(exc, typed=True)})") from exc
     result: dict[str, Any] = {
         "simplifier": None,
         "nodes_before": len(original.graph.node),
@@ -317,7 +311,7 @@ def simplify_onnx(path) -> dict[str, Any]:
         if not _batch_dims_dynamic(simplified):
             raise ValueError("simplification froze the batch dimension")
     except Exception as exc:  # noqa: BLE001 - simplification is optional; keep the exported model
-        result["note"] = f"not simplified: {tool} failed ({_first_line(exc)}); kept the exported model"
+        result["note"] = f"not simplified: {tool} failed ({first_line(exc, typed=True)}); kept the exported model"
         log.warning("%s: %s", path, result["note"])
         return result
 
@@ -371,7 +365,7 @@ def _parity_check(onnx_path, model, images, batch_size, rel_tol, label) -> dict[
     try:
         sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise CheckFailed(f"{name}: ONNX Runtime cannot load the model ({_first_line(exc)})") from exc
+        raise CheckFailed(f"{name}: ONNX Runtime cannot load the model ({first_line(exc, typed=True)})") from exc
     in_name = sess.get_inputs()[0].name
     out_name = sess.get_outputs()[0].name
 
@@ -389,7 +383,7 @@ def _parity_check(onnx_path, model, images, batch_size, rel_tol, label) -> dict[
                 got = sess.run([out_name], {in_name: batch})[0]
             except Exception as exc:
                 raise CheckFailed(
-                    f"{name}: ONNX Runtime failed on a batch of {size} ({_first_line(exc)})"
+                    f"{name}: ONNX Runtime failed on a batch of {size} ({first_line(exc, typed=True)})"
                 ) from exc
             ref_np = ref.detach().float().numpy()
             if got.shape != ref_np.shape:

@@ -4,6 +4,8 @@ They live in runtime_bench, the lowest layer, so that toolchain and exporters ca
 without runtime_bench ever importing them.
 """
 
+from __future__ import annotations
+
 
 class EdgePruneError(Exception):
     """Base class: the message is one line that names the file or value and what is wrong."""

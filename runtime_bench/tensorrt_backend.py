@@ -20,7 +20,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 
 from runtime_bench.backend_api import Backend, check_model_file
-from runtime_bench.errors import InputError
+from runtime_bench.errors import InputError, first_line
 
 SUPPORTED_GENERATIONS = (10, 11)
 
@@ -120,8 +120,7 @@ def process_logger(trt: Any) -> Any:
 
             def log(self, severity: Any, message: str) -> None:
                 if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
-                    text = str(message).strip()
-                    self.errors.append(text.splitlines()[0] if text else "no details")
+                    self.errors.append(first_line(str(message)))
                     del self.errors[: -self.MAX_KEPT]
 
             def clear(self) -> None:

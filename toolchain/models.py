@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from runtime_bench.bundle import sha256_file
-from runtime_bench.errors import InputError
+from runtime_bench.errors import InputError, first_line
 
 from .outputs import SelectOutput
 
@@ -109,24 +109,19 @@ def _from_factory(source: ModelSource) -> nn.Module:
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # a user's file: any error is theirs to read, in one line
-        raise InputError(f"{path}: importing it raised {type(exc).__name__}: {_first_line(exc)}") from None
+        raise InputError(f"{path}: importing it raised {first_line(exc, typed=True)}") from None
     fn = getattr(module, factory, None)
     if not callable(fn):
         raise InputError(f"{path}: has no callable '{factory}'")
     try:
         model = fn()
     except Exception as exc:
-        raise InputError(f"{path}: {factory}() raised {type(exc).__name__}: {_first_line(exc)}") from None
+        raise InputError(f"{path}: {factory}() raised {first_line(exc, typed=True)}") from None
     if not isinstance(model, nn.Module):
         raise InputError(f"{path}: {factory}() returned {type(model).__name__}, not a torch.nn.Module")
     if source.weights is not None:
         load_weights_file(model, source.weights, source)
     return model
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "(no message)"
 
 
 def read_state_dict(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
@@ -140,7 +135,7 @@ def read_state_dict(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except Exception as exc:
-            raise InputError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
+            raise InputError(f"{path}: not a readable safetensors file ({first_line(exc)})") from None
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -153,7 +148,7 @@ def read_state_dict(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
                 "can run arbitrary code; save model.state_dict() or a .safetensors file instead"
             ) from None
         operand = [line.strip() for line in text.splitlines() if "Unsupported operand" in line]
-        reason = f"not a pickle: {operand[0]}" if operand else _first_line(exc)
+        reason = f"not a pickle: {operand[0]}" if operand else first_line(exc)
         raise InputError(f"{path}: not a readable weights file ({reason})") from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -250,7 +245,7 @@ def check_logits(model: nn.Module, example: torch.Tensor, name: str) -> int:
         raise
     except Exception as exc:  # the user's forward on our input: their error to read, in one line
         raise InputError(f"--model {name}: a batch of shape {tuple(example.shape)} makes it raise "
-                         f"{type(exc).__name__}: {_first_line(exc)} (check --image-size)") from None
+                         f"{first_line(exc, typed=True)} (check --image-size)") from None
     if not isinstance(out, torch.Tensor):
         raise InputError(f"--model {name}: returns {type(out).__name__}, not a tensor of class logits; "
                          "pick one with --output INDEX|KEY")
