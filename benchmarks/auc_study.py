@@ -26,7 +26,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "benchmarks")]
 from hed_vgg16 import prune_spec  # noqa: E402
 from readme_blocks import replace_block  # noqa: E402
 
-from runtime_bench.report import write_json_atomic  # noqa: E402
+from runtime_bench.atomic import write_json_atomic  # noqa: E402
 from toolchain.assets import prepare_default_assets  # noqa: E402
 from toolchain.config import PruneConfig  # noqa: E402
 from toolchain.control.prune import prune  # noqa: E402

@@ -23,7 +23,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "scripts")]
 from auc_study import MODELS, run_one  # noqa: E402
 from readme_blocks import replace_block  # noqa: E402
 
-from runtime_bench.report import write_json_atomic  # noqa: E402
+from runtime_bench.atomic import write_json_atomic  # noqa: E402
 from toolchain.assets import prepare_default_assets  # noqa: E402
 from toolchain.config import PruneConfig  # noqa: E402
 from toolchain.stages.prepare import prepare  # noqa: E402

@@ -32,7 +32,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "benchmarks")]
 from hed_vgg16 import prune_spec  # noqa: E402
 from readme_blocks import update_readme  # noqa: E402
 
-from runtime_bench.report import write_json_atomic  # noqa: E402
+from runtime_bench.atomic import write_json_atomic  # noqa: E402
 from toolchain.assets import prepare_default_assets  # noqa: E402
 from toolchain.config import PruneConfig  # noqa: E402
 from toolchain.control.prune import prune  # noqa: E402
@@ -76,7 +76,8 @@ def fresh(task):
 def ort_speedup(dense, pruned, images, labels, classes: int) -> dict:
     """Both models exported through the parity gate and timed alternately on ONNX Runtime CPU at batch 1."""
     from exporters.onnx import export_verified
-    from toolchain.cli import bench_models
+    from runtime_bench.settings import BenchSettings
+    from toolchain.stages.bench import bench_models
 
     with tempfile.TemporaryDirectory() as folder:
         paths = {}
@@ -84,7 +85,7 @@ def ort_speedup(dense, pruned, images, labels, classes: int) -> dict:
             paths[label] = str(pathlib.Path(folder) / f"{label}.onnx")
             export_verified(model.eval(), images[::16], paths[label])
         report = bench_models(paths, images[::5], labels[::5], classes,
-                              {"min_runs": 300, "min_seconds": 6.0, "warmup_runs": 30}, progress=False)
+                              BenchSettings(min_runs=300, min_seconds=6.0, warmup_runs=30), progress=False)
     c = report["comparison"]
     return {"speedup_p50": c["speedup_p50"], "low": c["low"], "high": c["high"],
             "p50_ms": {k: m["latency"]["p50_ms"] for k, m in report["models"].items()}}

@@ -29,10 +29,10 @@ sys.path[:0] = [str(ROOT)]
 from exporters.tensorrt import PRECISIONS, build_engine, detect  # noqa: E402
 from runtime_bench import environment  # noqa: E402
 from runtime_bench.accuracy import compare_with_reference  # noqa: E402
+from runtime_bench.atomic import write_json_atomic  # noqa: E402
 from runtime_bench.backends import OrtCpuBackend, open_backend  # noqa: E402
 from runtime_bench.bench import run_benchmark  # noqa: E402
 from runtime_bench.errors import EdgePruneError  # noqa: E402
-from runtime_bench.report import write_json_atomic  # noqa: E402
 from runtime_bench.tensorrt_backend import TensorRTBackend  # noqa: E402
 
 FORMAT = "edgeprune-gpu-engines/1"
@@ -101,23 +101,23 @@ def onnxruntime_gpu(onnx: dict, images: Any, labels: Any, num_classes: int, timi
 
 def prepare_model(name: str, weights: str, work: pathlib.Path, rate: float) -> tuple:
     """(manifest, {"dense": onnx, "pruned": onnx}) of `name` pruned on the default task, reusing finished stages."""
-    import yaml
-
     from toolchain.assets import prepare_default_assets
-    from toolchain.cli import DEPLOY_KEYS, export_models, reusable_export, reusable_manifest
-    from toolchain.config import PruneConfig
-    from toolchain.stages.prune import run_prune
+    from toolchain.config import DeploySettings, PruneConfig, read_config_file
+    from toolchain.stages.export import export_models, reusable_export
+    from toolchain.stages.prune import reusable_manifest, run_prune
 
-    data = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
-    if data.get("assets") and not pathlib.Path(data["data"]).is_dir():
-        prepare_default_assets(pathlib.Path(data["assets"]))
-    config = PruneConfig(**{k: v for k, v in data.items() if k not in DEPLOY_KEYS})
+    config_file = ROOT / "configs" / "default.yaml"
+    data, sections = read_config_file(config_file)
+    settings = DeploySettings.from_sections(sections, str(config_file))
+    if settings.assets and not pathlib.Path(data["data"]).is_dir():
+        prepare_default_assets(pathlib.Path(settings.assets))
+    config = PruneConfig(**data)
     config.model, config.weights, config.rate = name, weights, rate
     config.check()
     work.mkdir(parents=True, exist_ok=True)
     manifest = reusable_manifest(work, config) or run_prune(config, work, progress=True)
-    if reusable_export(work, "auto") is None:
-        export_models(work, "auto", progress=True)
+    if reusable_export(work, settings.export) is None:
+        export_models(work, settings.export, progress=True)
     return manifest, {"dense": work / "dense.onnx", "pruned": work / "model.onnx"}
 
 

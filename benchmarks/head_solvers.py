@@ -20,7 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from runtime_bench.accuracy import classification_metrics  # noqa: E402
-from runtime_bench.report import write_json_atomic  # noqa: E402
+from runtime_bench.atomic import write_json_atomic  # noqa: E402
 from toolchain.assets import prepare_default_assets  # noqa: E402
 from toolchain.config import PruneConfig  # noqa: E402
 from toolchain.control.signals import ControlSignal  # noqa: E402

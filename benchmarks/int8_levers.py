@@ -31,7 +31,7 @@ from readme_blocks import update_readme  # noqa: E402
 
 from exporters.quantize import Int8Settings, quantize_int8  # noqa: E402
 from runtime_bench.accuracy import top1_agreement  # noqa: E402
-from runtime_bench.report import write_json_atomic  # noqa: E402
+from runtime_bench.atomic import write_json_atomic  # noqa: E402
 from toolchain.artifact import read_manifest  # noqa: E402
 from toolchain.stages.precision import Int8Gate, class_metrics, output_name, run_outputs  # noqa: E402
 from toolchain.stages.prepare import small_arrays, test_arrays  # noqa: E402

@@ -24,8 +24,8 @@ import onnx  # noqa: E402
 
 from exporters.tensorrt import quantize_qdq, to_float16  # noqa: E402
 from runtime_bench.accuracy import compare_with_reference  # noqa: E402
+from runtime_bench.atomic import write_json_atomic  # noqa: E402
 from runtime_bench.backends import OrtCpuBackend  # noqa: E402
-from runtime_bench.report import write_json_atomic  # noqa: E402
 from toolchain.artifact import read_manifest  # noqa: E402
 from toolchain.stages.prepare import small_arrays, test_arrays  # noqa: E402
 

@@ -13,10 +13,10 @@ import json
 import pathlib
 import sys
 
-from runtime_bench.report import write_json_atomic
+from runtime_bench.atomic import write_json_atomic
+from runtime_bench.settings import BenchSettings
 from toolchain.artifact import read_manifest
-from toolchain.cli import bench_models
-from toolchain.stages.prepare import test_arrays
+from toolchain.stages.bench import bench_folder
 
 
 def main() -> int:
@@ -30,10 +30,8 @@ def main() -> int:
 
     out = pathlib.Path(args.out)
     manifest = read_manifest(out)
-    images, labels = test_arrays(manifest, limit=args.images, progress=False)
-    report = bench_models({"dense": str(out / "dense.onnx"), "pruned": str(out / "model.onnx")}, images, labels,
-                          len(manifest["classes"]), {"min_runs": args.min_runs, "min_seconds": args.min_seconds,
-                                                     "warmup_runs": 50}, progress=True)
+    report = bench_folder(out, BenchSettings(min_runs=args.min_runs, min_seconds=args.min_seconds, warmup_runs=50),
+                          test_images=args.images)
     curve = manifest["curve"]
     macs_reduction = curve[0]["macs"] / curve[-1]["macs"]
     c = report["comparison"]

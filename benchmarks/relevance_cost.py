@@ -26,7 +26,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from readme_blocks import update_readme  # noqa: E402
 
-from runtime_bench.report import write_json_atomic  # noqa: E402
+from runtime_bench.atomic import write_json_atomic  # noqa: E402
 from toolchain.models import ModelSource, build_model  # noqa: E402
 from toolchain.scoring.graph_pass import GraphLrp  # noqa: E402
 from toolchain.scoring.lrp import lrp_filter_scores  # noqa: E402

@@ -4,10 +4,9 @@ Public API:
 
 - ``export_onnx``: export a single-output classifier to one ``.onnx`` file with a dynamic batch dimension
   (input "input", output "logits"), written atomically.
-- ``simplify_onnx``: onnxslim (or onnxsim) in place, checked, batch dimension must stay dynamic.
+- ``simplify_onnx``: onnxsim (or onnxslim) in place, checked, batch dimension must stay dynamic.
 - ``parity_check``: PyTorch vs ONNX Runtime (CPU) on a set of images.
 - ``export_verified``: export + simplify + parity gate; the file at ``path`` only appears if the gate passes.
-- ``onnx_sha256``: hex digest of a file.
 
 The exporters layer may import torch, onnx, onnxruntime and runtime_bench, never toolchain.
 """
@@ -30,26 +29,22 @@ import numpy as np
 import onnx
 import torch
 
-from runtime_bench.atomic import disk_full, is_disk_full
+from runtime_bench.atomic import atomic_output, disk_full, is_disk_full
 from runtime_bench.bundle import sha256_file
 from runtime_bench.errors import CheckFailed, InputError, first_line
 
-__all__ = ["export_onnx", "simplify_onnx", "parity_check", "export_verified", "onnx_sha256"]
+__all__ = ["export_onnx", "simplify_onnx", "parity_check", "export_verified"]
 
 log = logging.getLogger(__name__)
+SIMPLIFIERS = ("onnxsim", "onnxslim")  # onnx-simplifier first: the design names it; onnxslim is the alternative
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 BATCH_DIM_NAME = "batch"
-_EXPORTERS = ("auto", "dynamo", "torchscript")
+EXPORTERS = ("auto", "dynamo", "torchscript")
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-
-def onnx_sha256(path) -> str:
-    """SHA-256 hex digest of the file at ``path``."""
-    return sha256_file(path)
 
 
 def _temp_path(folder: Path, stem: str, suffix: str = ".onnx") -> Path:
@@ -109,14 +104,8 @@ def _default_opset(model: onnx.ModelProto) -> int | None:
 
 def _save_single_file(model: onnx.ModelProto, path: Path) -> None:
     """Serialise ``model`` to one file (no external data), atomically replacing ``path``."""
-    tmp = _temp_path(path.parent, path.stem)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(model.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(model.SerializeToString())
 
 
 # ----------------------------------------------------------------------------------------------- export
@@ -177,8 +166,8 @@ def _export(
 
     ``path`` is the user's destination, named in messages (``out`` is usually a temp file next to it).
     """
-    if exporter not in _EXPORTERS:
-        raise InputError(f"{path}: exporter must be one of {', '.join(_EXPORTERS)}, got {exporter!r}")
+    if exporter not in EXPORTERS:
+        raise InputError(f"{path}: exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1:
         raise InputError(f"{path}: example_input must be a torch.Tensor with a batch dimension")
     example = example_input.detach().to("cpu", torch.float32)
@@ -226,6 +215,7 @@ def export_onnx(
     opset: int = 18,
     exporter: str = "auto",
     simplify: bool = True,
+    simplifier: str = SIMPLIFIERS[0],
 ) -> Path:
     """Export ``model`` (eval mode, CPU) to a single ONNX file at ``path`` and return that path.
 
@@ -243,7 +233,7 @@ def export_onnx(
     try:
         _export(model, example_input, tmp, opset, exporter, path)
         if simplify:
-            simplify_onnx(tmp)
+            simplify_onnx(tmp, simplifier)
         os.replace(tmp, path)
     except BaseException as exc:
         _remove_quietly(tmp)
@@ -256,14 +246,41 @@ def export_onnx(
 # ----------------------------------------------------------------------------------------------- simplify
 
 
-def simplify_onnx(path) -> dict[str, Any]:
-    """Simplify the ONNX file at ``path`` in place (atomically); return what happened.
+def _onnxsim(model: onnx.ModelProto) -> onnx.ModelProto:
+    import onnxsim
 
-    Uses onnxslim, else onnxsim, else leaves the file untouched. The simplified model must pass
-    ``onnx.checker.check_model`` and keep a dynamic batch dimension; otherwise the original file is kept.
-    Returns {"simplifier": "onnxslim x.y" | "onnxsim x.y" | None, "nodes_before": int,
+    simplified, ok = onnxsim.simplify(model)
+    if not ok:
+        raise RuntimeError("onnxsim could not validate the simplified model")
+    return simplified
+
+
+def _onnxslim(model: onnx.ModelProto) -> onnx.ModelProto:
+    import onnxslim
+
+    return onnxslim.slim(model)
+
+
+def _simplifier(name: str) -> tuple[str, Any] | None:
+    """(name and version, function) of an installed simplifier, or None."""
+    try:
+        module = __import__(name)
+    except ImportError:
+        return None
+    return f"{name} {str(getattr(module, '__version__', '?')).lstrip('v')}", {"onnxsim": _onnxsim, "onnxslim": _onnxslim}[name]
+
+
+def simplify_onnx(path, simplifier: str = SIMPLIFIERS[0]) -> dict[str, Any]:
+    """Simplify the ONNX file at ``path`` in place (atomically) with ``simplifier``; return what happened.
+
+    When it is not installed the other one runs (said in "note"); with neither, the file is untouched.
+    The simplified model must pass ``onnx.checker.check_model`` and keep a dynamic batch dimension;
+    otherwise the original file is kept. The parity gate judges the result either way.
+    Returns {"simplifier": "onnxsim x.y" | "onnxslim x.y" | None, "nodes_before": int,
     "nodes_after": int, "note": str | None}.
     """
+    if simplifier not in SIMPLIFIERS:
+        raise InputError(f"simplifier {simplifier!r}: choose from {', '.join(SIMPLIFIERS)}")
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: ONNX file not found")
@@ -277,31 +294,16 @@ def simplify_onnx(path) -> dict[str, Any]:
         "nodes_after": len(original.graph.node),
         "note": None,
     }
-
-    try:
-        import onnxslim
-
-        tool = f"onnxslim {getattr(onnxslim, '__version__', '?')}"
-
-        def run(m: onnx.ModelProto) -> onnx.ModelProto:
-            return onnxslim.slim(m)
-
-    except ImportError:
-        try:
-            import onnxsim
-
-            tool = f"onnxsim {getattr(onnxsim, '__version__', '?')}"
-
-            def run(m: onnx.ModelProto) -> onnx.ModelProto:
-                simplified, ok = onnxsim.simplify(m)
-                if not ok:
-                    raise RuntimeError("onnxsim could not validate the simplified model")
-                return simplified
-
-        except ImportError:
-            result["note"] = "not simplified: neither onnxslim nor onnxsim is installed"
+    other = next(name for name in SIMPLIFIERS if name != simplifier)
+    found = _simplifier(simplifier)
+    if found is None:
+        found = _simplifier(other)
+        if found is None:
+            result["note"] = f"not simplified: neither {simplifier} nor {other} is installed"
             log.warning("%s: %s", path, result["note"])
             return result
+        result["note"] = f"{simplifier} is not installed; simplified with {other}"
+    tool, run = found
 
     try:
         simplified = run(copy.deepcopy(original))
@@ -430,6 +432,7 @@ def export_verified(
     opset: int = 18,
     exporter: str = "auto",
     simplify: bool = True,
+    simplifier: str = SIMPLIFIERS[0],
     rel_tol: float = 1e-4,
     evidence_dir=None,
 ) -> dict[str, Any]:
@@ -458,7 +461,7 @@ def export_verified(
     tmp = _temp_path(path.parent, path.stem)
     try:
         info = _export(model, example, tmp, opset, exporter, path)
-        simplify_info = simplify_onnx(tmp) if simplify else {"simplifier": None, "note": "simplify=False"}
+        simplify_info = simplify_onnx(tmp, simplifier) if simplify else {"simplifier": None, "note": "simplify=False"}
         parity = _parity_check(tmp, model, images, 32, rel_tol, label=path)
         opset_used = _default_opset(onnx.load(str(tmp), load_external_data=False))
         record = {
@@ -470,7 +473,7 @@ def export_verified(
             "opset": opset_used,
             "simplify": simplify_info,
             "file_bytes": tmp.stat().st_size,
-            "sha256": onnx_sha256(tmp),
+            "sha256": sha256_file(tmp),
         }
         if not parity["passed"]:
             evidence.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ from onnx import TensorProto, helper, numpy_helper
 from exporters.quantize import Int8Settings, quantize_int8
 from runtime_bench.atomic import atomic_output
 from runtime_bench.bundle import sha256_file
-from runtime_bench.errors import CheckFailed, InputError
+from runtime_bench.errors import CheckFailed, InputError, first_line
 from runtime_bench.tensorrt_backend import (
     TensorRTUnavailable,
     cuda_call,
@@ -223,7 +223,7 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(converted, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise CheckFailed(f"float16 conversion produced an invalid model ({str(exc).strip().splitlines()[0]})") from None
+        raise CheckFailed(f"float16 conversion produced an invalid model ({first_line(exc)})") from None
     return converted
 
 
@@ -287,7 +287,7 @@ def _parse(trt: Any, builder: Any, logger: Any, onnx_bytes: bytes, where: str, g
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_bytes):
         errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors)) or "no details"
-        raise CheckFailed(f"{where}: TensorRT could not parse the ONNX model ({errors.splitlines()[0]})")
+        raise CheckFailed(f"{where}: TensorRT could not parse the ONNX model ({first_line(errors)})")
     return network, parser
 
 

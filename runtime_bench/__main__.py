@@ -14,12 +14,14 @@ line `error: ...` on stderr and exit 2 (bad input) or 3 (failed check).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from typing import Any
 
 from runtime_bench.errors import EdgePruneError, InputError
 from runtime_bench.evaldata import load_eval_npz  # also imported from here by the toolchain
+from runtime_bench.settings import BenchSettings
 
 EXIT_INTERRUPTED = 130
 COMPARE = "compare"
@@ -32,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
         raise InputError(message)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m runtime_bench",
         description=(
@@ -57,41 +59,34 @@ def _parser() -> argparse.ArgumentParser:
         help="where to write the JSON report (required for models; a bundle defaults to BUNDLE_DIR/bench.json)",
     )
     parser.add_argument("--md", metavar="OUT.md", help="also write a Markdown summary")
-    parser.add_argument("--backend", default="ort-cpu", help="inference backend (default: ort-cpu)")
+    defaults = BenchSettings()
+    parser.add_argument("--backend", help=f"inference backend (default: {defaults.backend})")
+    parser.add_argument("--threads", type=int, help="intra-op threads (default: runtime default)")
     parser.add_argument(
-        "--threads", type=int, default=None, help="intra-op threads (default: runtime default)"
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="images per timed call (default: 1, or the bundle's fixed batch size)",
+        "--batch-size", type=int, help="images per timed call (default: 1, or the bundle's fixed batch size)"
     )
     parser.add_argument(
         "--strict",
         action="store_true",
+        default=None,
         help="MLPerf single-stream minimums: at least 1024 runs and 600 s, p90 as the headline",
     )
+    parser.add_argument("--min-runs", type=int, help="minimum timed runs per model (default: 50; strict: 1024)")
     parser.add_argument(
-        "--min-runs", type=int, default=None, help="minimum timed runs per model (default: 50; strict: 1024)"
+        "--min-seconds", type=float, help="minimum timed duration in seconds (default: 2; strict: 600)"
     )
     parser.add_argument(
-        "--min-seconds",
+        "--warmup-runs", type=int, help=f"minimum warm-up runs per model (default: {defaults.warmup_runs})"
+    )
+    parser.add_argument(
+        "--warmup-seconds",
         type=float,
-        default=None,
-        help="minimum timed duration in seconds (default: 2; strict: 600)",
-    )
-    parser.add_argument(
-        "--warmup-runs", type=int, default=10, help="minimum warm-up runs per model (default: 10)"
-    )
-    parser.add_argument(
-        "--warmup-seconds", type=float, default=0.5, help="minimum warm-up seconds per model (default: 0.5)"
+        help=f"minimum warm-up seconds per model (default: {defaults.warmup_seconds:g})",
     )
     parser.add_argument(
         "--blocks",
         type=int,
-        default=5,
-        help="split the timed runs into this many consecutive blocks to report drift (default: 5)",
+        help=f"split the timed runs into this many consecutive blocks to report drift (default: {defaults.blocks})",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return parser
@@ -116,20 +111,14 @@ def _check_output_folders(*targets: str | None) -> None:
                 raise InputError(f"{target}: folder {folder} does not exist")
 
 
-def _timing_args(args: Any) -> dict[str, Any]:
-    return {
-        "warmup_runs": args.warmup_runs,
-        "warmup_s": args.warmup_seconds,
-        "min_runs": args.min_runs,
-        "min_s": args.min_seconds,
-        "strict": args.strict,
-        "blocks": args.blocks,
-        "progress": not args.quiet,
-    }
+def bench_settings(args: Any) -> BenchSettings:
+    """The options given, over the defaults that every entry point shares."""
+    return BenchSettings().replace(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BenchSettings)})
 
 
 def _write(report: dict[str, Any], json_path: str, md_path: str | None, quiet: bool) -> None:
-    from runtime_bench.report import to_markdown, write_json_atomic, write_text_atomic
+    from runtime_bench.atomic import write_json_atomic, write_text_atomic
+    from runtime_bench.report import to_markdown
 
     write_json_atomic(report, json_path)
     if md_path:
@@ -147,13 +136,7 @@ def _run_bundle(args: Any) -> int:
         )
     json_path = args.json or default_report_path(args.models[0])
     _check_output_folders(json_path, args.md)
-    report = benchmark_bundle(
-        args.models[0],
-        backend=args.backend,
-        threads=args.threads,
-        batch_size=args.batch_size,
-        **_timing_args(args),
-    )
+    report = benchmark_bundle(args.models[0], progress=not args.quiet, **bench_settings(args).run_kwargs())
     _write(report, json_path, args.md, args.quiet)
     return 0
 
@@ -163,7 +146,8 @@ def _run(args: Any) -> int:
     from runtime_bench.bench import model_labels, run_benchmark
     from runtime_bench.timing import timing_limits
 
-    timing_limits(args.strict, args.min_runs, args.min_seconds)  # a bad --strict combination fails first
+    settings = bench_settings(args)
+    timing_limits(settings.strict, settings.min_runs, settings.min_seconds)  # a bad --strict combination fails first
     if len(args.models) == 1 and os.path.isdir(args.models[0]):
         return _run_bundle(args)
     missing = [f"--{name}" for name in ("data", "json") if getattr(args, name) is None]
@@ -182,16 +166,7 @@ def _run(args: Any) -> int:
             raise InputError(f"{path}: no such file")
 
     models = dict(zip(model_labels(args.models), args.models))
-    report = run_benchmark(
-        models,
-        images,
-        labels,
-        num_classes,
-        backend=args.backend,
-        threads=args.threads,
-        batch_size=1 if args.batch_size is None else args.batch_size,
-        **_timing_args(args),
-    )
+    report = run_benchmark(models, images, labels, num_classes, progress=not args.quiet, **settings.run_kwargs())
     report["settings"]["data"] = os.fspath(args.data)
     if class_names is not None:
         report["settings"]["class_names"] = class_names
@@ -200,8 +175,8 @@ def _run(args: Any) -> int:
 
 
 def _run_compare(argv: list[str]) -> int:
+    from runtime_bench.atomic import write_text_atomic
     from runtime_bench.compare import compare_files
-    from runtime_bench.report import write_text_atomic
 
     args = _compare_parser().parse_args(argv)
     _check_output_folders(args.md)
@@ -217,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] == COMPARE and not os.path.exists(COMPARE):
             return _run_compare(argv[1:])
-        args = _parser().parse_args(argv)
+        args = build_parser().parse_args(argv)
         return _run(args)
     except EdgePruneError as exc:
         message = " ".join(str(exc).split("\n"))

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import pathlib
 import re
 import shutil
-from typing import Iterator
+from typing import Any, Iterator
+
+import numpy as np
 
 from .errors import InputError
 
@@ -103,3 +106,27 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> list[pathlib.Path]:
             entry.unlink()
         removed.append(entry)
     return removed
+
+
+def _json_default(value: Any) -> Any:
+    # numpy scalars/arrays sneak in from stats; JSON wants plain Python values.
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def write_json_atomic(obj: Any, path: Any) -> None:
+    """Write `obj` as JSON so that readers see either the old file or the complete new one."""
+    # Serialize first: a non-serializable value must not leave anything behind.
+    text = json.dumps(obj, indent=2, default=_json_default, allow_nan=False) + "\n"
+    write_text_atomic(text, path)
+
+
+def write_text_atomic(text: str, path: Any) -> None:
+    """Write `text` so that readers see either the old file or the complete new one."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

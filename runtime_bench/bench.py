@@ -13,6 +13,7 @@ from runtime_bench.accuracy import check_images, check_labels, evaluate, top1_ag
 from runtime_bench.backends import Backend, open_backend
 from runtime_bench.errors import InputError
 from runtime_bench.report import bench_report
+from runtime_bench.settings import BenchSettings
 from runtime_bench.stats import DEFAULT_BLOCKS, check_blocks, ratio_with_spread, summarize
 from runtime_bench.timing import compare_alternating, timing_limits
 
@@ -75,16 +76,16 @@ def run_benchmark(
     images: np.ndarray,
     labels: np.ndarray,
     num_classes: int,
-    backend: str = "ort-cpu",
-    threads: int | None = None,
-    batch_size: int = 1,
-    warmup_runs: int = 10,
-    warmup_s: float = 0.5,
-    min_runs: int | None = None,
-    min_s: float | None = None,
+    backend: str = BenchSettings.backend,
+    threads: int | None = BenchSettings.threads,
+    batch_size: int | None = BenchSettings.batch_size,
+    warmup_runs: int = BenchSettings.warmup_runs,
+    warmup_s: float = BenchSettings.warmup_seconds,
+    min_runs: int | None = BenchSettings.min_runs,
+    min_s: float | None = BenchSettings.min_seconds,
     progress: bool = True,
-    strict: bool = False,
-    blocks: int = DEFAULT_BLOCKS,
+    strict: bool = BenchSettings.strict,
+    blocks: int = BenchSettings.blocks,
 ) -> dict[str, Any]:
     """Benchmark `models` (label -> ONNX path, or an already opened Backend) and return the report.
 
@@ -103,6 +104,7 @@ def run_benchmark(
     blocks = check_blocks(blocks)
     images = check_images(images)
     labels = check_labels(labels, num_classes, count=images.shape[0])
+    batch_size = 1 if batch_size is None else batch_size
     if batch_size < 1:
         raise InputError(f"batch_size={batch_size}: must be >= 1")
     if batch_size > images.shape[0]:

@@ -43,7 +43,8 @@ import time
 from typing import Any
 
 from runtime_bench.atomic import atomic_output
-from runtime_bench.errors import InputError
+from runtime_bench.errors import InputError, first_line
+from runtime_bench.settings import BenchSettings
 
 MANIFEST_NAME = "manifest.json"
 BUNDLE_FORMAT = "edgeprune-bundle"
@@ -186,7 +187,7 @@ def read_bundle(path: Any, verify: bool = True) -> dict[str, Any]:
         with open(manifest_path, encoding="utf-8") as handle:
             manifest = json.load(handle)
     except (OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise InputError(f"{manifest_path}: not a readable bundle manifest ({reason})") from None
     validate_manifest(manifest, manifest_path)
     bundle = dict(manifest)
@@ -299,9 +300,9 @@ def load_bundle_data(bundle: dict[str, Any]) -> tuple[Any, Any, int]:
 
 def benchmark_bundle(
     path: Any,
-    backend: str = "ort-cpu",
-    threads: int | None = None,
-    batch_size: int | None = None,
+    backend: str = BenchSettings.backend,
+    threads: int | None = BenchSettings.threads,
+    batch_size: int | None = BenchSettings.batch_size,
     **timing: Any,
 ) -> dict[str, Any]:
     """Verify the bundle, then benchmark all its models (interleaved) on its eval data; the report.

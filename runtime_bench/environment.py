@@ -36,6 +36,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from runtime_bench.errors import first_line
+
 GOVERNOR_PATH = "/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"
 CPU_SYSFS = "/sys/devices/system/cpu"
 TEGRA_RELEASE_PATH = "/etc/nv_tegra_release"
@@ -440,7 +442,7 @@ def _jtop_snapshot(timeout: float = COMMAND_TIMEOUT_S) -> dict[str, Any] | None:
                     result["nvpmodel"] = _json_safe(getattr(jetson, "nvpmodel", None))
                     result["jetson_clocks"] = _json_safe(getattr(jetson, "jetson_clocks", None))
         except Exception as exc:  # e.g. the jtop service is not running
-            result["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            result["error"] = first_line(exc, typed=True)
 
     worker = threading.Thread(target=read, daemon=True)
     worker.start()

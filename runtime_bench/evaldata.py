@@ -7,7 +7,7 @@ import zipfile
 
 import numpy as np
 
-from runtime_bench.errors import InputError
+from runtime_bench.errors import InputError, first_line
 
 
 def load_eval_npz(path: str) -> tuple[np.ndarray, np.ndarray, int, list[str] | None]:
@@ -22,7 +22,7 @@ def load_eval_npz(path: str) -> tuple[np.ndarray, np.ndarray, int, list[str] | N
         with data:
             arrays = {key: data[key] for key in data.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise InputError(f"{path}: not a readable .npz file ({reason})") from None
     for key in ("images", "labels"):
         if key not in arrays:

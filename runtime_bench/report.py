@@ -40,10 +40,7 @@ import os
 import time
 from typing import Any
 
-import numpy as np
-
-from runtime_bench.atomic import atomic_output
-from runtime_bench.errors import InputError
+from runtime_bench.errors import InputError, first_line
 
 # Bump when a key is renamed or removed, or when readers start to rely on added keys (see above).
 SCHEMA_VERSION = "2"
@@ -68,30 +65,6 @@ def bench_report(
     }
 
 
-def _json_default(value: Any) -> Any:
-    # numpy scalars/arrays sneak in from stats; JSON wants plain Python values.
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def write_json_atomic(obj: Any, path: Any) -> None:
-    """Write `obj` as JSON so that readers see either the old file or the complete new one."""
-    # Serialize first: a non-serializable value must not leave anything behind.
-    text = json.dumps(obj, indent=2, default=_json_default, allow_nan=False) + "\n"
-    write_text_atomic(text, path)
-
-
-def write_text_atomic(text: str, path: Any) -> None:
-    """Write `text` so that readers see either the old file or the complete new one."""
-    with atomic_output(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
 def load_report(path: Any) -> dict[str, Any]:
     """Read a runtime_bench report JSON; InputError (one line) if missing or not such a report."""
     path = os.fspath(path)
@@ -103,7 +76,7 @@ def load_report(path: Any) -> dict[str, Any]:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
     except (OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise InputError(f"{path}: not a runtime_bench report (not valid JSON: {reason})") from None
     return parse_report(text, path)
 
@@ -113,7 +86,7 @@ def parse_report(text: str, path: str) -> dict[str, Any]:
     try:
         report = json.loads(text)
     except ValueError as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise InputError(f"{path}: not a runtime_bench report (not valid JSON: {reason})") from None
     if not isinstance(report, dict) or "schema_version" not in report:
         raise InputError(f"{path}: not a runtime_bench report (no schema_version)")

@@ -52,7 +52,7 @@ def timing_limits(strict: bool = False, min_runs: int | None = None, min_s: floa
     }
 
 
-def _check_limits(
+def check_limits(
     warmup_runs: int, warmup_s: float, min_runs: int, min_s: float, max_runs: int | None
 ) -> None:
     if warmup_runs < 0 or warmup_s < 0:
@@ -91,7 +91,7 @@ def measure(
     clock: Clock = time.perf_counter,
 ) -> list[float]:
     """Seconds per call of `fn`, after warm-up; stops when both minimums are met (or at `max_runs`)."""
-    _check_limits(warmup_runs, warmup_s, min_runs, min_s, max_runs)
+    check_limits(warmup_runs, warmup_s, min_runs, min_s, max_runs)
     warm_up(fn, warmup_runs, warmup_s, clock)
     samples: list[float] = []
     start = clock()
@@ -124,7 +124,7 @@ def compare_alternating(
     """
     if not fns:
         raise InputError("compare_alternating: no functions to time")
-    _check_limits(warmup_runs, warmup_s, min_runs, min_s, max_runs)
+    check_limits(warmup_runs, warmup_s, min_runs, min_s, max_runs)
     names = list(fns)
     for name in names:
         warm_up(fns[name], warmup_runs, warmup_s, clock)

@@ -286,7 +286,7 @@ def pruned_out(ws):
     shutil.copytree(ws.pruned, ws.out, ignore=shutil.ignore_patterns("*.onnx", "export.json"))
 
 
-def negate_the_head(path) -> dict:
+def negate_the_head(path, simplifier) -> dict:
     """Stands in for an exporter bug: the exported classifier's weights negated, so ONNX disagrees."""
     import numpy as np
     import onnx

@@ -25,8 +25,8 @@ TINY = "tests/models_for_tests.py:tiny_cnn"
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, image_data):
     """A pruned and exported folder of tiny_cnn on the colour images (what `edgeprune export` leaves)."""
-    from toolchain.cli import export_models
-    from toolchain.config import PruneConfig
+    from toolchain.config import ExportSettings, PruneConfig
+    from toolchain.stages.export import export_models
     from toolchain.stages.prune import run_prune
 
     out = tmp_path_factory.mktemp("int8") / "out"
@@ -34,7 +34,7 @@ def exported(tmp_path_factory, image_data):
                          image_size=32, method="lrp", rate=0.2, round_to=1, step=0.1, batch_size=16)
     config.check()
     run_prune(config, out, progress=False)
-    export_models(out, "torchscript", progress=False)
+    export_models(out, ExportSettings(exporter="torchscript"), progress=False)
     return out
 
 

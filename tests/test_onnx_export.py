@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import torchvision
 from onnx import numpy_helper
 
 from exporters import onnx as onx
+from runtime_bench.bundle import sha256_file
 from runtime_bench.errors import CheckFailed, InputError
 
 pytestmark = pytest.mark.slow
@@ -94,8 +96,8 @@ def test_mobilenet_v2_auto_dynamo_passes_gate(mobilenet, tmp_path):
     assert 0 <= rec["max_abs_diff"] <= rec["tolerance"]
     assert len(set(rec["batch_sizes"])) >= 2 and sum(rec["batch_sizes"]) == 12
     assert rec["opset"] >= 18
-    assert rec["simplify"]["simplifier"].startswith("onnxslim") and rec["simplify"]["note"] is None
-    assert rec["file_bytes"] == out.stat().st_size and rec["sha256"] == onx.onnx_sha256(out)
+    assert rec["simplify"]["simplifier"].startswith("onnxsim ") and rec["simplify"]["note"] is None
+    assert rec["file_bytes"] == out.stat().st_size and rec["sha256"] == sha256_file(out)
     assert mobilenet.training is False
 
     # Single file, checker-clean, dynamic batch declared and usable at 1 and 3.
@@ -192,8 +194,8 @@ def test_both_exporters_fail_one_line_check_failed(tiny, tmp_path, monkeypatch):
 def test_tampered_onnx_fails_gate_and_keeps_evidence(tiny, tmp_path, monkeypatch):
     real_simplify = onx.simplify_onnx
 
-    def simplify_then_tamper(path):
-        note = real_simplify(path)
+    def simplify_then_tamper(path, simplifier):
+        note = real_simplify(path, simplifier)
         model = onnx.load(str(path))
         # Perturb the largest initializer (conv/fc weights) so ONNX no longer matches PyTorch.
         init = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
@@ -222,7 +224,7 @@ def test_tampered_onnx_fails_gate_and_keeps_evidence(tiny, tmp_path, monkeypatch
     record = json.loads((evidence / "tiny.parity.json").read_text())
     assert record["passed"] is False
     assert record["max_abs_diff"] > record["tolerance"] > 0
-    assert record["failed_path"] == str(failed) and record["sha256"] == onx.onnx_sha256(failed)
+    assert record["failed_path"] == str(failed) and record["sha256"] == sha256_file(failed)
 
     # The evidence file itself reproduces the failure through parity_check.
     again = onx.parity_check(failed, tiny, _images(6, 16, seed=10), batch_size=4)
@@ -230,7 +232,7 @@ def test_tampered_onnx_fails_gate_and_keeps_evidence(tiny, tmp_path, monkeypatch
 
 
 def test_failure_evidence_defaults_to_output_folder(tiny, tmp_path, monkeypatch):
-    def tamper(path):
+    def tamper(path, simplifier):
         model = onnx.load(str(path))
         for init in model.graph.initializer:
             arr = numpy_helper.to_array(init)
@@ -268,9 +270,18 @@ def test_bad_exporter_name_is_input_error(tiny, tmp_path):
 def test_simplify_keeps_dynamic_batch_and_rejects_frozen(tiny, tmp_path, monkeypatch):
     out = onx.export_onnx(tiny, torch.randn(2, 3, 16, 16), tmp_path / "tiny.onnx", exporter="torchscript",
                           simplify=False)
-    info = onx.simplify_onnx(out)
-    assert info["simplifier"].startswith("onnxslim") and info["note"] is None
-    assert onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    for simplifier in ("onnxslim", "onnxsim"):  # the alternative, then the default
+        info = onx.simplify_onnx(out, simplifier)
+        assert info["simplifier"].startswith(simplifier + " ") and info["note"] is None
+        assert onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    with pytest.raises(InputError, match="simplifier 'onnxoptimizer': choose from onnxsim, onnxslim"):
+        onx.simplify_onnx(out, "onnxoptimizer")
+
+    # The chosen one missing: the other runs, and the record says so.
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "onnxsim", None)
+        info = onx.simplify_onnx(out)
+    assert info["simplifier"].startswith("onnxslim ") and info["note"] == "onnxsim is not installed; simplified with onnxslim"
 
     # A simplifier that freezes the batch dimension is rejected and the file is left as it was.
     import onnxslim
@@ -280,11 +291,11 @@ def test_simplify_keeps_dynamic_batch_and_rejects_frozen(tiny, tmp_path, monkeyp
             value.type.tensor_type.shape.dim[0].dim_value = 1
         return model
 
-    before = onx.onnx_sha256(out)
+    before = sha256_file(out)
     monkeypatch.setattr(onnxslim, "slim", freeze)
-    info = onx.simplify_onnx(out)
+    info = onx.simplify_onnx(out, "onnxslim")
     assert info["simplifier"] is None and "froze the batch dimension" in info["note"]
-    assert onx.onnx_sha256(out) == before
+    assert sha256_file(out) == before
     assert _leftovers(tmp_path) == []
 
 

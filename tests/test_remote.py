@@ -23,15 +23,16 @@ from pathlib import Path
 import pytest
 from bundles_for_tests import write_tiny_bundle, write_tiny_model
 
-from runtime_bench.__main__ import _parser as runtime_bench_parser
+from runtime_bench.__main__ import bench_settings
+from runtime_bench.__main__ import build_parser as runtime_bench_parser
 from runtime_bench.bundle import MANIFEST_NAME, sha256_file, write_bundle_manifest
 from runtime_bench.errors import CheckFailed
-from toolchain.cli import BENCH_DEFAULTS, main
+from runtime_bench.settings import BenchSettings
+from toolchain.cli import main
 from toolchain.stages.remote import (
     BENCH_HASH_CHARS,
     Device,
     bench_on_device,
-    bench_settings_args,
     bundle_files,
     bundle_hash,
 )
@@ -187,12 +188,14 @@ def test_bundle_hash_ignores_the_manifest_time_but_not_the_content(tmp_path):
 
 
 def test_deploy_bench_settings_become_runtime_bench_options():
-    args = bench_settings_args(dict(BENCH_DEFAULTS, min_runs=7))
-    assert args == ["--backend", "ort-cpu", "--batch-size", "1", "--min-runs", "7", "--min-seconds", "5.0",
-                    "--warmup-runs", "10"]
+    settings = BenchSettings(batch_size=2, min_runs=7, min_seconds=5.0, warmup_seconds=0.0, strict=False, blocks=3)
+    args = settings.cli_args()  # only what differs from the defaults the device has too
+    assert args == ["--batch-size", "2", "--warmup-seconds", "0.0", "--min-runs", "7", "--min-seconds", "5.0",
+                    "--blocks", "3"]
     parsed = runtime_bench_parser().parse_args([".", *args])  # the names runtime_bench really has
-    assert (parsed.backend, parsed.batch_size, parsed.min_runs, parsed.min_seconds, parsed.warmup_runs) == (
-        "ort-cpu", 1, 7, 5.0, 10)
+    assert bench_settings(parsed) == settings
+    assert BenchSettings(strict=True).cli_args() == ["--strict"]
+    assert bench_settings(runtime_bench_parser().parse_args(["."])) == BenchSettings()
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -17,11 +17,12 @@ from onnx import TensorProto, helper, numpy_helper
 from runtime_bench import environment
 from runtime_bench.__main__ import main as cli_main
 from runtime_bench.accuracy import classification_metrics, evaluate, harmonic_mean, top1_agreement
+from runtime_bench.atomic import write_json_atomic
 from runtime_bench.backends import OrtCpuBackend, open_backend
 from runtime_bench.bench import run_benchmark
 from runtime_bench.compare import compare_files, compare_reports
 from runtime_bench.errors import InputError
-from runtime_bench.report import SCHEMA_VERSION, to_markdown, write_json_atomic
+from runtime_bench.report import SCHEMA_VERSION, to_markdown
 from runtime_bench.stats import block_spread, ratio_with_spread, summarize
 from runtime_bench.timing import compare_alternating, measure, timing_limits
 

@@ -10,9 +10,10 @@ import torch
 from models_for_tests import family
 from torch import nn
 
+from runtime_bench.bundle import sha256_file
 from runtime_bench.errors import InputError
 from toolchain.artifact import layer_shapes, load_dense_and_pruned, save_pruned
-from toolchain.models import find_head, sha256_file
+from toolchain.models import find_head
 from toolchain.scoring.baselines import random_filter_scores
 from toolchain.surgery import ChannelGroup, PruningGraph, masked, select_channels
 

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -677,13 +678,14 @@ def test_export_with_tensorrt_but_without_it_is_one_line_error(tmp_path):
 
 
 def test_deploy_stage_says_in_one_line_why_it_skipped(monkeypatch, capsys, tmp_path):
-    from toolchain.cli import tensorrt_stage
-    from toolchain.stages.engines import tensorrt_settings
+    from runtime_bench.settings import BenchSettings
+    from toolchain.config import TensorRTSettings
+    from toolchain.stages.engines import tensorrt_stage
 
-    assert tensorrt_stage(tmp_path, None, {}, None, None, {}, progress=False) is None
+    assert tensorrt_stage(tmp_path, None, {}, None, None, BenchSettings(), progress=False) is None
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    settings = tensorrt_settings({"precisions": ["fp16"]}, "deploy.yaml")
-    assert tensorrt_stage(tmp_path, settings, {}, None, None, {}, progress=False) is None
+    settings = TensorRTSettings.from_section({"precisions": ["fp16"]}, "deploy.yaml")
+    assert tensorrt_stage(tmp_path, settings, {}, None, None, BenchSettings(), progress=False) is None
     assert capsys.readouterr().err.splitlines() == [
         "skipped TensorRT engine: the config has no tensorrt section",
         "skipped TensorRT engine: TensorRT is not installed (pip install tensorrt)",
@@ -692,10 +694,11 @@ def test_deploy_stage_says_in_one_line_why_it_skipped(monkeypatch, capsys, tmp_p
 
 
 def test_tensorrt_config_section_is_checked(tmp_path):
-    from toolchain.stages.engines import tensorrt_settings
+    from toolchain.config import TensorRTSettings
 
+    tensorrt_settings = TensorRTSettings.from_section
     settings = tensorrt_settings({"cache_dir": str(tmp_path)}, "c.yaml")
-    assert settings == {"precisions": ["fp16"], "batch_sizes": [1, 1, 8], "cache_dir": str(tmp_path)}
+    assert settings.to_dict() == {"precisions": ["fp16"], "batch_sizes": [1, 1, 8], "cache_dir": str(tmp_path)}
     assert tensorrt_settings(None, "c.yaml") is None
     cases = [({"precision": "fp16"}, "c.yaml: tensorrt: unknown option(s) precision"),
              ({"precisions": ["fp8"]}, "c.yaml: tensorrt: TensorRT precision 'fp8': choose from fp32, fp16, int8"),
@@ -710,6 +713,8 @@ def test_tensorrt_config_section_is_checked(tmp_path):
 
 def test_engines_of_a_deploy_folder_are_measured_and_bundled(cnn_path, real_images, tmp_path):
     """toolchain.stages.engines and the bundle over the fake module: build, compare with ONNX, time, bundle, rerun."""
+    from runtime_bench.settings import BenchSettings
+    from toolchain.config import TensorRTSettings
     from toolchain.stages.bundle import make_bundle
     from toolchain.stages.engines import ENGINE_RECORD, build_engines, evaluate_engines
     from toolchain.stages.report import tensorrt_table
@@ -720,12 +725,12 @@ def test_engines_of_a_deploy_folder_are_measured_and_bundled(cnn_path, real_imag
     onnx.save(_cnn(seed=0), str(out / "dense.onnx"))
     onnx.save(_cnn(seed=1), str(out / "model.onnx"))
     trt, cudart = _fake(10)
-    settings = {"precisions": ["fp32", "fp16"], "batch_sizes": [1, 1, 8], "cache_dir": str(tmp_path / "cache")}
+    settings = TensorRTSettings(("fp32", "fp16"), (1, 1, 8), str(tmp_path / "cache"))
     built = build_engines(out, settings, manifest={}, progress=False, trt=trt, cudart=cudart)
     assert sorted(built) == ["dense-fp16", "dense-fp32", "pruned-fp16", "pruned-fp32"]
     assert json.loads((out / ENGINE_RECORD).read_text())["engines"]["pruned-fp16"]["engine"] == str(
         out / "model.fp16.engine")
-    bench = {"batch_size": 1, "warmup_runs": 1, "min_runs": 3, "min_seconds": 0}
+    bench = BenchSettings(batch_size=1, warmup_runs=1, min_runs=3, min_seconds=0)
     measured = evaluate_engines(built, test, labels, CLASSES, bench, progress=False, trt=trt, cudart=cudart)
     for label, accuracy in measured["accuracy"].items():
         assert accuracy["top1_agreement"] == 1.0 and accuracy["accuracy_delta"] == 0.0, label
@@ -838,3 +843,38 @@ def test_real_onnxruntime_gpu_backends(backend, cnn_path, real_images):
     opened = open_backend(backend, cnn_path)
     assert opened.info()["providers"][0] == provider
     assert top1_agreement(_ort_logits(cnn_path, test), opened.run(test)) == 1.0
+
+
+def test_fake_check_script_reports_what_the_real_module_lacks():
+    """scripts/check_fake_tensorrt.py's comparison, against a stand-in 'real' module built from the fake
+    itself (the real one needs a TensorRT install): a match is clean, a missing method and a changed kind are named."""
+    import fake_tensorrt
+
+    check_script = _load_script(REPO_ROOT / "scripts" / "check_fake_tensorrt.py")
+    fake = fake_tensorrt.FakeTensorRT(generation=10)
+
+    def real_module(**changed_classes):
+        module = SimpleNamespace(**{n: v for n, v in vars(fake).items() if not n.startswith("_")})
+        module.__version__ = "10.16.0"
+        for name, value in vars(fake_tensorrt.FakeTensorRT).items():
+            if not name.startswith("_"):
+                setattr(module, name, value)
+        for fake_name, real_names in check_script.REAL_CLASSES.items():
+            if fake_name != "_Config11":
+                setattr(module, real_names[0], getattr(fake_tensorrt, fake_name))
+        module.IBuilderConfig = fake_tensorrt._Config10
+        for name, cls in changed_classes.items():
+            setattr(module, name, cls)
+        return module
+
+    cudart = fake_tensorrt.FakeCudaRuntime
+    assert check_script.check(real_module(), cudart, fake_tensorrt) == []
+
+    members = {k: v for k, v in vars(fake_tensorrt._Context).items() if k != "execute_async_v3"}
+    engine = dict(vars(fake_tensorrt._Engine), num_io_tensors=lambda self: 2)
+    problems = check_script.check(real_module(IExecutionContext=type("IExecutionContext", (), members),
+                                              ICudaEngine=type("ICudaEngine", (), engine)), cudart, fake_tensorrt)
+    assert problems == [
+        "tensorrt.ICudaEngine.num_io_tensors: property in the fake, callable in the real one",
+        "tensorrt.IExecutionContext.execute_async_v3: the fake has it (callable), the real one does not",
+    ]

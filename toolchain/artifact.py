@@ -15,9 +15,10 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from runtime_bench.atomic import atomic_output
-from runtime_bench.errors import InputError
+from runtime_bench.bundle import sha256_file
+from runtime_bench.errors import InputError, first_line
 
-from .models import ModelSource, build_model, is_weights_file, sha256_file
+from .models import ModelSource, build_model, is_weights_file
 
 MANIFEST = "pruned.json"
 WEIGHTS = "pruned.safetensors"
@@ -122,7 +123,7 @@ def read_manifest(out: pathlib.Path) -> dict:
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable manifest ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"{path}: not a readable manifest ({first_line(exc)})") from None
     if manifest.get("format_version") != FORMAT_VERSION:
         raise InputError(f"{path}: format_version {manifest.get('format_version')} is not {FORMAT_VERSION} "
                          "(written by another edgeprune version; prune again)")
@@ -169,5 +170,5 @@ def load_dense_and_pruned(out: pathlib.Path) -> tuple[dict, nn.Module, nn.Module
     try:
         pruned.load_state_dict(load_file(str(out / WEIGHTS)), strict=True)
     except Exception as exc:
-        raise InputError(f"{out / WEIGHTS}: does not match {MANIFEST} ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"{out / WEIGHTS}: does not match {MANIFEST} ({first_line(exc)})") from None
     return manifest, dense.eval(), pruned.eval()

@@ -8,7 +8,6 @@ users with internet.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import importlib.util
 import json
 import logging
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from runtime_bench.bundle import sha256_file
 from runtime_bench.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -68,14 +68,6 @@ def package_dir(name: str) -> Path | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def provide_torchvision_weights(
     filename: str = MOBILENET_V2_FILENAME, package: str = WEIGHTS_PACKAGE
 ) -> Path:
@@ -92,7 +84,7 @@ def provide_torchvision_weights(
         )
         return target
     expected = _HUB_HASH_PATTERN.search(filename)
-    if expected and not _sha256(source).startswith(expected.group(1)):
+    if expected and not sha256_file(source).startswith(expected.group(1)):
         # A wrong file would load silently as the "pretrained" model; let torchvision fetch the real one.
         log.warning("%s does not match the hash in its name: not copied, torchvision will download it", source)
         return target

@@ -27,12 +27,9 @@ import threading
 import time
 import warnings
 
-from runtime_bench.errors import EdgePruneError, InputError
+from runtime_bench.errors import EdgePruneError, InputError, first_line
 
 DEFAULT_CONFIG = pathlib.Path("configs/default.yaml")
-BENCH_DEFAULTS = {"backend": "ort-cpu", "threads": None, "batch_size": 1, "min_runs": 100, "min_seconds": 5.0,
-                  "warmup_runs": 10}
-DEPLOY_KEYS = {"assets", "bench", "export", "tensorrt"}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -120,51 +117,25 @@ def _prune_options(parser: argparse.ArgumentParser) -> None:
                      help="start each sample's relevance at 1 / (its class's A value): the weakest classes' filters rank higher")
 
 
-def _load_yaml(path: pathlib.Path) -> dict:
-    import yaml
-
-    if not path.is_file():
-        raise InputError(f"{path}: no such config file")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a mapping of options at the top level")
-    data = {k.replace("-", "_"): v for k, v in data.items()}
-    from .config import PruneConfig
-
-    known = {f.name for f in dataclasses.fields(PruneConfig)} | DEPLOY_KEYS
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise InputError(f"{path}: unknown option(s) {', '.join(unknown)}")
-    return data
-
-
 def resolve_config(args: argparse.Namespace, config_file: pathlib.Path | None):
-    """PruneConfig from defaults < YAML file < command-line flags; plus the deploy-only sections."""
-    from .config import PruneConfig
+    """PruneConfig from defaults < YAML file < command-line flags; plus the deploy config's sections (typed)."""
+    from .config import DeploySettings, PruneConfig, read_config_file
 
-    data = _load_yaml(config_file) if config_file else {}
-    extra = {k: data.pop(k) for k in list(data) if k in DEPLOY_KEYS}
+    data, sections = read_config_file(config_file) if config_file else ({}, {})
     for f in dataclasses.fields(PruneConfig):
         value = getattr(args, f.name, None)
         if value is not None:
             data[f.name] = None if value is NO_VALUE else value
+    settings = DeploySettings.from_sections(sections, str(config_file))
     config = PruneConfig(**data)
     config.check()
-    return config, extra
+    return config, settings
 
 
 def _out_dir(path: str) -> pathlib.Path:
-    from runtime_bench.atomic import remove_stale_temp_files
+    from .stages.deploy import output_folder
 
-    out = pathlib.Path(path)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder")
-    for folder in (out, out / "bundle"):  # what a killed run left under temporary names
-        remove_stale_temp_files(folder)
-    return out
+    return output_folder(path)
 
 
 def cmd_assets(args) -> int:
@@ -190,216 +161,45 @@ def cmd_prune(args) -> int:
     return 0
 
 
-EXPORT_RECORD = "export.json"
-
-
-def reusable_manifest(out: pathlib.Path, config) -> dict | None:
-    from .artifact import MANIFEST, read_manifest
-    from .config import config_hash
-
-    if not (out / MANIFEST).is_file():
-        return None
-    try:
-        manifest = read_manifest(out)
-    except InputError:
-        return None
-    return manifest if manifest.get("config_hash") == config_hash(config) else None
-
-
-def reusable_export(out: pathlib.Path, exporter: str) -> dict | None:
-    from runtime_bench.bundle import sha256_file
-
-    from .artifact import WEIGHTS
-
-    record_path = out / EXPORT_RECORD
-    if not record_path.is_file():
-        return None
-    try:
-        record = json.loads(record_path.read_text())
-        fresh = (record["pruned_sha256"] == sha256_file(out / WEIGHTS) and record["exporter"] == exporter
-                 and all(sha256_file(r["path"]) == r["sha256"] for r in record["results"].values()))
-    except (OSError, ValueError, KeyError):
-        return None
-    return record["results"] if fresh else None
-
-
-def export_models(out: pathlib.Path, exporter: str = "auto", progress: bool = True) -> dict:
-    """OUT/dense.onnx and OUT/model.onnx, each through the parity gate on the test images."""
-    import torch
-
-    from exporters.onnx import export_verified
-
-    from .artifact import load_dense_and_pruned
-    from .stages.prepare import test_arrays
-
-    manifest, dense, pruned = load_dense_and_pruned(out)
-    images, _ = test_arrays(manifest, progress=progress)
-    results = {}
-    with torch.no_grad():
-        for label, model, name in (("dense", dense, "dense.onnx"), ("pruned", pruned, "model.onnx")):
-            if progress:
-                print(f"exporting {label} model to {out / name} and checking it against PyTorch", file=sys.stderr)
-            results[label] = export_verified(model, images, out / name, exporter=exporter)
-    from runtime_bench.bundle import sha256_file
-    from runtime_bench.report import write_json_atomic
-
-    from .artifact import WEIGHTS
-
-    write_json_atomic({"pruned_sha256": sha256_file(out / WEIGHTS), "exporter": exporter, "results": results},
-                      out / EXPORT_RECORD)
-    return results
-
-
 def cmd_export(args) -> int:
+    from .config import INT8_MAX_DROP, ExportSettings, TensorRTSettings
+    from .stages.export import export_models, parity_line
+
     out = _out_dir(args.out)
-    settings = None
+    engines = None
     if args.tensorrt:
         from exporters.tensorrt import detect
-
-        from .stages.engines import tensorrt_settings
 
         try:  # before minutes of export: an engine that cannot be built is an error here, not a skip
             detect()
         except InputError as exc:
             raise InputError(f"--tensorrt {' '.join(args.tensorrt)}: {exc}") from None
-        settings = tensorrt_settings({"precisions": args.tensorrt}, "--tensorrt")
+        engines = TensorRTSettings.from_section({"precisions": args.tensorrt}, "--tensorrt")
     max_drop = None
     if args.precision == "int8":
         from .control.controller import check_max_drop
 
         max_drop = check_max_drop(args.max_drop if args.max_drop is not None else INT8_MAX_DROP)
-    results = export_models(out, args.exporter, progress=not args.quiet)
-    for label, r in results.items():
-        print(f"{r['path']}: parity passed (top-1 agreement {r['top1_agreement']:.4f}, max |diff| "
-              f"{r['max_abs_diff']:.2g} <= {r['tolerance']:.2g}), {r['file_bytes'] / 1e6:.1f} MB")
+    settings = ExportSettings(exporter=args.exporter, precision=args.precision, simplifier=args.simplifier)
+    for record in export_models(out, settings, progress=not args.quiet).values():
+        print(parity_line(record))
     if max_drop is not None:
-        print(int8_line(int8_stage(out, max_drop, progress=not args.quiet)))
-    if settings is not None:
+        from .stages.precision import int8_stage, int8_summary
+
+        print(int8_summary(int8_stage(out, max_drop, progress=not args.quiet)))
+    if engines is not None:
         from .artifact import read_manifest
         from .stages.engines import build_engines
 
-        for r in build_engines(out, settings, read_manifest(out), progress=not args.quiet).values():
+        for r in build_engines(out, engines, read_manifest(out), progress=not args.quiet).values():
             print(f"{r['engine']}: TensorRT {r['tensorrt_version']} {r['precision']} engine for {r['gpu']} "
                   f"({r['method']}{'; from the engine cache' if r['cache_hit'] else ''}), {r['bytes'] / 1e6:.1f} MB")
     return 0
 
 
-INT8_MAX_DROP = 0.01  # the pruning budget's default: INT8 may cost at most one point on the small-set estimate
-EXPORT_DEFAULTS = {"exporter": "auto", "precision": "fp32"}
-EXPORT_CHOICES = {"exporter": ("auto", "dynamo", "torchscript"), "precision": ("fp32", "int8")}
-
-
-def export_settings(section: dict | None, where: str) -> dict:
-    """The deploy config's `export:` section with its defaults, or a one-line InputError for a bad one."""
-    if section is None:
-        return dict(EXPORT_DEFAULTS)
-    if not isinstance(section, dict):
-        raise InputError(f"{where}: export: expected a mapping with {', '.join(EXPORT_DEFAULTS)}")
-    unknown = sorted(set(section) - set(EXPORT_DEFAULTS))
-    if unknown:
-        raise InputError(f"{where}: export: unknown option(s) {', '.join(unknown)}")
-    settings = dict(EXPORT_DEFAULTS, **section)
-    for key, choices in EXPORT_CHOICES.items():
-        if settings[key] not in choices:
-            raise InputError(f"{where}: export: {key} {settings[key]!r}: choose from {', '.join(choices)}")
-    return settings
-
-
-def reusable_int8(out: pathlib.Path, max_drop: float) -> dict | None:
-    """OUT/int8.json when OUT/model.int8.onnx was made from the OUT/model.onnx that is there now, for this budget
-    and from the settings the gate starts from today."""
-    from exporters.quantize import Int8Settings
-    from runtime_bench.bundle import sha256_file
-
-    from .stages.precision import INT8_MODEL, INT8_RECORD
-
-    try:
-        record = json.loads((out / INT8_RECORD).read_text())
-    except (OSError, ValueError):
-        return None
-    if (not (out / INT8_MODEL).is_file() or record.get("from_sha256") != sha256_file(out / "model.onnx")
-            or record.get("max_drop") != max_drop or record.get("start") != Int8Settings().describe()):
-        return None
-    return record
-
-
-def int8_stage(out: pathlib.Path, max_drop: float, progress: bool) -> dict:
-    from .stages.precision import export_int8
-
-    if progress:
-        print(f"INT8: calibrating on the small set and judging it per class (--max-drop {max_drop:g})",
-              file=sys.stderr)
-    return export_int8(out, max_drop, progress=progress)
-
-
-def int8_line(record: dict) -> str:
-    e, t = record["estimate"], record["test"]
-    kept = record["kept_float"]
-    return (f"{record['model']}: INT8 within --max-drop {record['max_drop']:g} on the small-set estimate (accuracy "
-            f"{e['fp32']['accuracy']:.3f} -> {e['int8']['accuracy']:.3f}, harmonic mean {e['fp32']['harmonic_mean']:.3f}"
-            f" -> {e['int8']['harmonic_mean']:.3f}); test accuracy {t['fp32']['accuracy']:.3f} -> "
-            f"{t['int8']['accuracy']:.3f}, harmonic mean {t['fp32']['harmonic_mean']:.3f} -> "
-            f"{t['int8']['harmonic_mean']:.3f}, worst class {t['worst_class']['fp32']:.2f} -> "
-            f"{t['worst_class']['int8']:.2f}; {len(kept)} layer{'s' if len(kept) != 1 else ''} kept in float"
-            + ("; no int8 kernel in ONNX Runtime's CPU provider for " + ", ".join(
-                f"{op} x{n}" for op, n in record["float_ops"].items()) + " (run in float)" if record["float_ops"] else ""))
-
-
-def tensorrt_stage(out: pathlib.Path, settings: dict | None, manifest: dict, images, labels, bench: dict,
-                   progress: bool) -> dict | None:
-    """Engines and their measurements for deploy, or None after one line on stderr saying why not."""
-    from runtime_bench.tensorrt_backend import TensorRTUnavailable
-
-    from .stages.engines import build_engines, evaluate_engines, skip_line
-
-    if settings is None:
-        print(skip_line("the config has no tensorrt section"), file=sys.stderr)
-        return None
-    try:
-        built = build_engines(out, settings, manifest, progress)
-    except TensorRTUnavailable as exc:
-        print(skip_line(str(exc)), file=sys.stderr)
-        return None
-    return evaluate_engines(built, images, labels, len(manifest["classes"]), bench, progress)
-
-
-def _bench_data(data: str, models: list[str], args) -> tuple:
-    """Test images as arrays: from an .npz, or an image folder preprocessed like the pruning run."""
-    path = pathlib.Path(data)
-    if path.suffix == ".npz":
-        from runtime_bench.__main__ import load_eval_npz
-
-        images, labels, num_classes, _ = load_eval_npz(str(path))
-        return images, labels, num_classes
-    from .artifact import MANIFEST
-    from .data import Preprocessing, load_images, scan_image_folder
-
-    manifest_path = pathlib.Path(models[0]).parent / MANIFEST
-    if args.image_size:
-        from .config import IMAGENET_MEAN, IMAGENET_STD
-
-        prep = Preprocessing(args.image_size, tuple(args.mean or IMAGENET_MEAN), tuple(args.std or IMAGENET_STD))
-    elif manifest_path.is_file():
-        prep = Preprocessing.from_dict(json.loads(manifest_path.read_text())["preprocessing"])
-    else:
-        raise InputError(f"{models[0]}: no {MANIFEST} beside it to take preprocessing from; give --image-size")
-    index = scan_image_folder(path)
-    images, labels, _ = load_images(index.samples, prep, progress=not args.quiet)
-    return images, labels, len(index.classes)
-
-
-def bench_models(models: dict, images, labels, num_classes: int, settings: dict, progress: bool) -> dict:
-    from runtime_bench.bench import run_benchmark
-
-    s = dict(BENCH_DEFAULTS, **(settings or {}))
-    return run_benchmark(models, images, labels, num_classes, backend=s["backend"], threads=s["threads"],
-                         batch_size=s["batch_size"], warmup_runs=s["warmup_runs"], min_runs=s["min_runs"],
-                         min_s=s["min_seconds"], progress=progress)
-
-
 def cmd_bench_compare(args) -> int:
+    from runtime_bench.atomic import write_text_atomic
     from runtime_bench.compare import compare_files
-    from runtime_bench.report import write_text_atomic
 
     if len(args.models) != 3:
         raise InputError("edgeprune bench compare: give exactly two reports: compare A.json B.json")
@@ -419,24 +219,29 @@ def _print_bench_summary(report: dict) -> None:
 
 
 def cmd_bench(args) -> int:
-    from runtime_bench.atomic import check_output_folder
+    from runtime_bench.atomic import check_output_folder, write_json_atomic, write_text_atomic
     from runtime_bench.bench import model_labels
-    from runtime_bench.report import to_markdown, write_json_atomic, write_text_atomic
+    from runtime_bench.report import to_markdown
+    from runtime_bench.settings import BenchSettings
+
+    from .stages.bench import bench_data, bench_models
 
     if args.models[0] == "compare" and not pathlib.Path("compare").exists():
         return cmd_bench_compare(args)
     for flag, value in (("--data", args.data), ("--json", args.json)):
         if value is None:
             raise InputError(f"edgeprune bench: {flag} is required")
+    settings = BenchSettings().replace(backend=args.backend, threads=args.threads, batch_size=args.bench_batch_size,
+                                       min_runs=args.min_runs, min_seconds=args.min_seconds,
+                                       warmup_runs=args.warmup_runs)
     for target in (args.json, args.md, args.png):  # before minutes of measuring, not after
         if target:
             check_output_folder(target)
     for model in args.models:
         if not pathlib.Path(model).is_file():
             raise InputError(f"{model}: no such file")
-    images, labels, num_classes = _bench_data(args.data, args.models, args)
-    settings = {"backend": args.backend, "threads": args.threads, "batch_size": args.bench_batch_size,
-                "min_runs": args.min_runs, "min_seconds": args.min_seconds}
+    images, labels, num_classes = bench_data(args.data, args.models, args.image_size, args.mean, args.std,
+                                             progress=not args.quiet)
     models = dict(zip(model_labels(args.models), args.models))
     report = bench_models(models, images, labels, num_classes, settings, progress=not args.quiet)
     write_json_atomic(report, args.json)
@@ -516,100 +321,23 @@ def cmd_remote_bench(args) -> int:
 
 
 def cmd_deploy(args) -> int:
-    from .artifact import MANIFEST
-    from .assets import prepare_default_assets
-    from .stages.bundle import make_bundle
-    from .stages.engines import tensorrt_settings
-    from .stages.prepare import test_arrays
-    from .stages.prune import run_prune
-    from .stages.report import build_report, write_report
+    from .stages.deploy import deploy
 
     config_file = pathlib.Path(args.config) if args.config else DEFAULT_CONFIG
-    config, extra = resolve_config(args, config_file)
-    trt_settings = tensorrt_settings(extra.get("tensorrt"), str(config_file))
-    export_section = export_settings(extra.get("export"), str(config_file))
+    config, settings = resolve_config(args, config_file)
     if args.precision is not None:
-        export_section["precision"] = args.precision
-    extra["export"] = export_section
+        settings = dataclasses.replace(settings, export=dataclasses.replace(settings.export, precision=args.precision))
     out = _out_dir(args.out)
     device = _device_from_args(args)
-    progress = not args.quiet
-    timings = {}
     started = time.perf_counter()
-    if extra.get("assets"):
-        prepare_default_assets(pathlib.Path(extra["assets"]))
-        timings["assets"] = time.perf_counter() - started
-    resolved = dict(config.to_dict(), **extra)
-
-    # Finished stages are reused when their inputs are unchanged (keyed by hashes), so a rerun after
-    # an interruption or a changed bench setting does not prune or export again.
-    t = time.perf_counter()
-    manifest = reusable_manifest(out, config)
-    if manifest is None:
-        manifest = run_prune(config, out, progress)
-    else:
-        print(f"reusing {out / MANIFEST}: same config hash {manifest['config_hash'][:12]}", file=sys.stderr)
-    timings["prune"] = time.perf_counter() - t
-    import yaml
-
-    from runtime_bench.report import write_text_atomic
-
-    # Written once the first stage succeeded, so that bad input leaves nothing in OUT.
-    write_text_atomic(yaml.safe_dump(resolved, sort_keys=False), out / "config.resolved.yaml")
-    t = time.perf_counter()
-    exporter = export_section["exporter"]
-    export = reusable_export(out, exporter)
-    if export is None:
-        export = export_models(out, exporter, progress)
-    else:
-        print(f"reusing {out / 'dense.onnx'} and {out / 'model.onnx'}: same pruned weights", file=sys.stderr)
-    timings["export"] = time.perf_counter() - t
-    int8 = None
-    if export_section["precision"] == "int8":
-        t = time.perf_counter()
-        int8_budget = config.max_drop if config.max_drop is not None else INT8_MAX_DROP
-        int8 = reusable_int8(out, int8_budget)
-        if int8 is None:
-            int8 = int8_stage(out, int8_budget, progress)
-        else:
-            print(f"reusing {out / 'model.int8.onnx'}: same model.onnx", file=sys.stderr)
-        print(int8_line(int8), file=sys.stderr)
-        timings["int8"] = time.perf_counter() - t
-    t = time.perf_counter()
-    images, labels = test_arrays(manifest, progress=progress)
-    bench_settings = dict(BENCH_DEFAULTS, **(extra.get("bench") or {}))
-    t_engines = time.perf_counter()
-    engines = tensorrt_stage(out, trt_settings, manifest, images, labels, bench_settings, progress)
-    engine_seconds = time.perf_counter() - t_engines
-    make_bundle(out, images, labels, manifest, engines["engines"] if engines else None)
-    bench = bench_models({"dense": str(out / "dense.onnx"), "pruned": str(out / "model.onnx")}, images, labels,
-                         len(manifest["classes"]), bench_settings, progress)
-    if engines is not None:
-        timings["tensorrt"] = engine_seconds
-    if int8 is not None:
-        int8_model = str(out / "model.int8.onnx")
-        vs = {label: bench_models({label: str(out / name), "pruned-int8": int8_model}, images, labels,
-                                  len(manifest["classes"]), bench_settings, progress)
-              for label, name in (("pruned", "model.onnx"), ("dense", "dense.onnx"))}
-        int8 = {"record": int8, "vs_pruned": vs["pruned"]["comparison"], "vs_dense": vs["dense"]["comparison"],
-                "p50_ms": vs["dense"]["models"]["pruned-int8"]["latency"]["p50_ms"]}
-    timings["bench"] = time.perf_counter() - t - engine_seconds
-    report = build_report(out, export, bench, resolved)
-    if int8 is not None:
-        report["int8"] = int8
-    if engines is not None:
-        report["tensorrt"] = engines
-    report["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
-    write_report(out, report)
+    report = deploy(config, settings, out, progress=not args.quiet)
     s = report["summary"]
     print(f"deploy done in {time.perf_counter() - started:.0f} s: {report['pruning']['rate_achieved']:.1%} of filters "
           f"removed, accuracy {s['accuracy_dense']:.3f} -> {s['accuracy_pruned']:.3f}, harmonic mean "
           f"{s['harmonic_mean_dense']:.3f} -> {s['harmonic_mean_pruned']:.3f}, ORT p50 {s['p50_ms_dense']:.2f} -> "
           f"{s['p50_ms_pruned']:.2f} ms ({s['speedup_p50']:.2f}x; MACs {s['macs_reduction']:.2f}x); see {out}/report.md")
     if device is not None:
-        from .stages.remote import bench_settings_args
-
-        _bench_on_device(args, out, device, bench_settings_args(dict(BENCH_DEFAULTS, **(extra.get("bench") or {}))))
+        _bench_on_device(args, out, device, settings.bench.cli_args())
     return 0
 
 
@@ -628,6 +356,9 @@ def cmd_families(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from runtime_bench.settings import BenchSettings
+    from runtime_bench.timing import QUICK_MIN_RUNS, QUICK_MIN_S
+
     parser = OneLineParser(prog="edgeprune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
@@ -652,7 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8: also write OUT/model.int8.onnx for ONNX Runtime's CPU int8 kernels, calibrated on the "
                         "small set and kept only if its small-set estimate of accuracy and harmonic mean stays within "
                         "--max-drop of FP32 (layers are kept in float as needed)")
-    p.add_argument("--max-drop", type=float, help=f"the INT8 budget (default {INT8_MAX_DROP})")
+    p.add_argument("--simplifier", choices=["onnxsim", "onnxslim"], default="onnxsim",
+                   help="onnxsim (onnx-simplifier, default) or onnxslim; the parity gate judges the result either way")
+    p.add_argument("--max-drop", type=float, help="the INT8 budget (default 0.01, the pruning budget's)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="latency and accuracy of ONNX models (two are timed alternately); "
@@ -661,11 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="test image folder, or an .npz with images and labels (required)")
     p.add_argument("--json", help="where to write the JSON report (required)")
     p.add_argument("--md", help="also write a Markdown report")
-    p.add_argument("--backend", default="ort-cpu")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--bench-batch-size", type=int, default=1)
-    p.add_argument("--min-runs", type=int, default=BENCH_DEFAULTS["min_runs"])
-    p.add_argument("--min-seconds", type=float, default=BENCH_DEFAULTS["min_seconds"])
+    p.add_argument("--backend", help=f"inference backend (default {BenchSettings.backend})")
+    p.add_argument("--threads", type=int, help="intra-op threads (default: the runtime's)")
+    p.add_argument("--bench-batch-size", type=int, help="images per timed call (default 1)")
+    p.add_argument("--min-runs", type=int, help=f"timed runs per model at least (default {QUICK_MIN_RUNS})")
+    p.add_argument("--min-seconds", type=float, help=f"timed seconds at least (default {QUICK_MIN_S:g})")
+    p.add_argument("--warmup-runs", type=int, help=f"warm-up runs per model at least (default {BenchSettings.warmup_runs})")
     p.add_argument("--image-size", type=int)
     p.add_argument("--mean", type=float, nargs=3)
     p.add_argument("--std", type=float, nargs=3)
@@ -728,8 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug of ours: still one line, the traceback on request
         if os.environ.get("EDGEPRUNE_DEBUG"):
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(f"error: internal error {type(exc).__name__}: {first} (set EDGEPRUNE_DEBUG=1 for the traceback)",
+        print(f"error: internal error {first_line(exc, typed=True)} (set EDGEPRUNE_DEBUG=1 for the traceback)",
               file=sys.stderr)
         return 1
     finally:

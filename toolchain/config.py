@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+import os
+import pathlib
+from dataclasses import asdict, dataclass, field, fields
 
-from runtime_bench.errors import InputError
+from runtime_bench.errors import InputError, first_line
+from runtime_bench.settings import BenchSettings, section_keys
 
 from .control.controller import ControllerConfig, check_max_drop, is_number
 from .control.signals import SIGNALS
@@ -136,3 +139,105 @@ class PruneConfig:
 def config_hash(config: PruneConfig) -> str:
     """What a finished prune stage is keyed by: the resolved config (with dataset and weights paths)."""
     return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+# The deploy config: the prune keys above at the top level, plus these sections.
+EXPORT_PRECISIONS = ("fp32", "int8")
+INT8_MAX_DROP = 0.01  # the pruning budget's default: INT8 may cost at most one point on the small-set estimate
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """The `export:` section: how OUT/dense.onnx and OUT/model.onnx are written (both parity-gated)."""
+
+    exporter: str = "auto"  # dynamo, falling back to the TorchScript tracer
+    precision: str = "fp32"  # int8: also OUT/model.int8.onnx, gated per class on the small set
+    simplifier: str = "onnxsim"  # onnxsim (onnx-simplifier) or onnxslim; the parity gate judges either
+
+    @classmethod
+    def from_section(cls, section, where: str) -> ExportSettings:
+        from exporters.onnx import EXPORTERS, SIMPLIFIERS
+
+        settings = cls(**section_keys(cls, section, where, "export"))
+        for key, choices in (("exporter", EXPORTERS), ("precision", EXPORT_PRECISIONS), ("simplifier", SIMPLIFIERS)):
+            if getattr(settings, key) not in choices:
+                raise InputError(f"{where}: export: {key} {getattr(settings, key)!r}: choose from {', '.join(choices)}")
+        return settings
+
+
+@dataclass(frozen=True)
+class TensorRTSettings:
+    """The `tensorrt:` section: engines of both models per precision (built only where TensorRT and a GPU are)."""
+
+    precisions: tuple = ("fp16",)  # fp32, fp16, int8
+    batch_sizes: tuple = (1, 1, 8)  # min, opt, max of the engines' dynamic batch
+    cache_dir: str | None = None  # engine and timing caches; None: ~/.cache/edgeprune/tensorrt
+
+    @classmethod
+    def from_section(cls, section, where: str) -> TensorRTSettings | None:
+        """None when the config has no such section (no engines are built)."""
+        from exporters.tensorrt import check_batch_sizes, check_precision, default_cache_dir
+
+        if section is None:
+            return None
+        values = section_keys(cls, section, where, "tensorrt")
+        precisions = values.get("precisions", list(cls.precisions))
+        if isinstance(precisions, str):
+            precisions = [precisions]
+        if not isinstance(precisions, list) or not precisions:
+            raise InputError(f"{where}: tensorrt: precisions must be a list such as [fp16, int8]")
+        try:
+            for precision in precisions:
+                check_precision(precision)
+            batch_sizes = check_batch_sizes(values.get("batch_sizes", cls.batch_sizes))
+        except InputError as exc:
+            raise InputError(f"{where}: tensorrt: {exc}") from None
+        cache_dir = values.get("cache_dir")
+        return cls(tuple(dict.fromkeys(precisions)), batch_sizes,
+                   os.path.expanduser(cache_dir) if cache_dir else str(default_cache_dir()))
+
+    def to_dict(self) -> dict:
+        return {"precisions": list(self.precisions), "batch_sizes": list(self.batch_sizes), "cache_dir": self.cache_dir}
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    """What `deploy` does besides pruning: the sections of its config."""
+
+    assets: str | None = None  # write the packaged default images here first
+    export: ExportSettings = field(default_factory=ExportSettings)
+    bench: BenchSettings = field(default_factory=BenchSettings)
+    tensorrt: TensorRTSettings | None = None
+
+    @classmethod
+    def from_sections(cls, sections: dict, where: str) -> DeploySettings:
+        return cls(assets=sections.get("assets"), export=ExportSettings.from_section(sections.get("export"), where),
+                   bench=BenchSettings.from_section(sections.get("bench"), where),
+                   tensorrt=TensorRTSettings.from_section(sections.get("tensorrt"), where))
+
+    def to_dict(self) -> dict:
+        return {"assets": self.assets, "export": asdict(self.export), "bench": self.bench.to_dict(),
+                "tensorrt": None if self.tensorrt is None else self.tensorrt.to_dict()}
+
+
+DEPLOY_SECTIONS = tuple(f.name for f in fields(DeploySettings))
+
+
+def read_config_file(path: pathlib.Path) -> tuple[dict, dict]:
+    """(prune options, deploy sections) of a YAML config; a one-line InputError for a bad file or unknown key."""
+    import yaml
+
+    if not path.is_file():
+        raise InputError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({first_line(exc)})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping of options at the top level")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - {f.name for f in fields(PruneConfig)} - set(DEPLOY_SECTIONS))
+    if unknown:
+        raise InputError(f"{path}: unknown option(s) {', '.join(unknown)}")
+    sections = {k: data.pop(k) for k in DEPLOY_SECTIONS if k in data}
+    return data, sections

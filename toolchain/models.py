@@ -93,7 +93,7 @@ def _from_torchvision(source: ModelSource) -> nn.Module:
         return torchvision.models.get_model(source.model, weights=enum)
     except (OSError, RuntimeError) as exc:  # download refused offline, or a corrupt cached file
         raise InputError(
-            f"--model {source.model}: could not load weights {enum} ({str(exc).splitlines()[0]}); "
+            f"--model {source.model}: could not load weights {enum} ({first_line(exc)}); "
             "run 'edgeprune assets' or put the file in the torch hub cache"
         ) from None
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Hashable, Protocol
+from typing import Any, Callable, Hashable, Protocol, Sequence
 
 from runtime_bench.errors import InputError
 
@@ -151,15 +151,16 @@ class ControllerLog:
         return asdict(self)
 
 
-def _lowest_covering(ranking: list[Unit], filters: int) -> list[Unit]:
-    """The shortest prefix of the ranking that covers `filters` filters (at least one unit)."""
-    chosen: list[Unit] = []
+def lowest_covering(ranked: Sequence[Any], filters: int) -> list:
+    """The shortest prefix of `ranked` (units with a `filters` count, lowest score first) that covers at least
+    `filters` filters; none for filters <= 0. The surgery's global selection uses it too."""
+    chosen: list = []
     covered = 0
-    for unit in ranking:
-        chosen.append(unit)
-        covered += unit.filters
+    for unit in ranked:
         if covered >= filters:
             break
+        chosen.append(unit)
+        covered += unit.filters
     return chosen
 
 
@@ -250,7 +251,7 @@ class _Controller:
             rate_before = float(self.model.pruned_fraction())
             # Never ask past the end of the grid step it is in (see step_ends): the curve is read on that grid.
             wanted = min(step, self.step_ends[bisect.bisect_right(self.step_ends, removed)] - removed)
-            candidate = _lowest_covering(ranking, wanted)
+            candidate = lowest_covering(ranking, max(wanted, 1))
             a_new = self.measure_without(candidate)
             if config.floor is not None:
                 threshold = config.floor
@@ -280,7 +281,7 @@ class _Controller:
                 step = max(floor, wanted // 2)
                 # The ranking has not changed, so a halved step that picks the same units would only
                 # repeat a measurement whose answer is known: keep halving until the candidate shrinks.
-                while step > floor and len(_lowest_covering(ranking, step)) >= len(candidate):
+                while step > floor and len(lowest_covering(ranking, max(step, 1))) >= len(candidate):
                     step = max(floor, step // 2)
                 self.emit({"kind": "reject_halve", **event, "rate_after": rate_before, "next_step_filters": step})
 

@@ -39,7 +39,7 @@ def step_ends(step: float, original: int, target: int) -> list[int]:
     return [end for end in (min(target, round(k * per_step)) for k in range(1, count + 1)) if end > 0]
 
 
-def _trapezoid(values: Sequence[float], grid: Sequence[float]) -> float:
+def trapezoid(values: Sequence[float], grid: Sequence[float]) -> float:
     return sum((grid[i + 1] - grid[i]) * (values[i] + values[i + 1]) / 2 for i in range(len(grid) - 1))
 
 
@@ -68,7 +68,7 @@ def class_averaged_auc(grid: list[float], per_class: list[list[float]], p_max: f
             )
         if not all(math.isfinite(a) and 0 <= a <= 1 for a in row):
             raise InputError(f"class_averaged_auc: accuracies at rate {rate} must be in [0, 1], got {list(row)}")
-    aucs = [_trapezoid([row[c] for row in per_class], grid) / p_max for c in range(num_classes)]
+    aucs = [trapezoid([row[c] for row in per_class], grid) / p_max for c in range(num_classes)]
     return {"per_class": aucs, "mean": sum(aucs) / num_classes}
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .rules import STABILIZER, stabilize, vjp
+from .rules import STABILIZER, channel_totals, stabilize, vjp
 
 CHUNK = 16  # samples propagated at once
 
@@ -302,9 +302,7 @@ class GraphLrp:
             for node, kind, payload in reversed(self.steps):
                 r = relevance.pop(node, None)
                 if node in watched and r is not None:
-                    channel_dim = r.ndim - 1 if kind == "linear" else 1
-                    dims = tuple(d for d in range(r.ndim) if d != channel_dim)
-                    scores[watched[node]] = r.abs().sum(dim=dims).to(torch.float64)
+                    scores[watched[node]] = channel_totals(r, kind == "linear")
                 if r is None or kind == "input" or not any(s in self.needed for s in node.all_input_nodes):
                     continue
                 for source, contribution in self._backward(node, kind, payload, values, r):

@@ -25,7 +25,7 @@ from runtime_bench.errors import InputError, first_line
 
 from ..families import classifier_layer
 from ..surgery import filter_layers, out_channels
-from .rules import RelevanceMode
+from .rules import RelevanceMode, channel_totals
 
 HEAD_RULES = ("epsilon", "zplus")
 # The model run with its rules must compute what the model computes, relative to its largest logit (folding
@@ -228,13 +228,6 @@ def _check_same_output(model: nn.Module, canonized: torch.Tensor, reference: tor
                          f"(max |diff| {gap:.3g} vs logit scale {scale:.3g}); its structure is not supported")
 
 
-def channel_totals(relevance: torch.Tensor, layer: nn.Module) -> torch.Tensor:
-    """Summed |R| per output channel: channels are dim 1 of a conv's output, the last dim of a Linear's."""
-    channel_dim = relevance.ndim - 1 if isinstance(layer, nn.Linear) else 1
-    dims = tuple(d for d in range(relevance.ndim) if d != channel_dim)
-    return relevance.abs().sum(dim=dims).to(torch.float64)
-
-
 def lrp_filter_scores(
     model: nn.Module,
     images: torch.Tensor,
@@ -261,7 +254,7 @@ def lrp_filter_scores(
         else:
             relevance = relevance_at(model, images[start:stop], labels[start:stop], layers, head_rule, weights,
                                      allow_fallback)
-            batch_scores = {name: channel_totals(r, layers[name]) for name, r in relevance.items()}
+            batch_scores = {name: channel_totals(r, isinstance(layers[name], nn.Linear)) for name, r in relevance.items()}
         for name, score in batch_scores.items():
             totals[name] += score
         if progress is not None:

@@ -388,3 +388,10 @@ class RelevanceMode(TorchFunctionMode):
             return tuple(None if g is None else x * g for x, g in zip(inputs, grads))
 
         return out.detach(), tuple(carriers), backward
+
+
+def channel_totals(relevance: torch.Tensor, linear: bool) -> torch.Tensor:
+    """Summed |R| per output channel: channels are dim 1 of a conv's output, the last dim of a Linear's."""
+    channel_dim = relevance.ndim - 1 if linear else 1
+    dims = tuple(d for d in range(relevance.ndim) if d != channel_dim)
+    return relevance.abs().sum(dim=dims).to(torch.float64)

@@ -18,7 +18,9 @@ outputs.
 
 from __future__ import annotations
 
+import json
 import pathlib
+import sys
 import tempfile
 from typing import Any
 
@@ -261,8 +263,8 @@ def export_int8(out: pathlib.Path, max_drop: float, settings: Int8Settings | Non
     """OUT/model.int8.onnx from OUT/model.onnx through the gate, and OUT/int8.json: the settings chosen, the
     small-set estimate, and the test figures per class next to FP32. Nothing is written when the gate refuses.
     `calibration`: images to calibrate on instead of the small set (a test calibrates badly on purpose)."""
+    from runtime_bench.atomic import write_json_atomic
     from runtime_bench.bundle import sha256_file
-    from runtime_bench.report import write_json_atomic
 
     from ..artifact import read_manifest
     from .prepare import small_arrays, test_arrays
@@ -315,3 +317,39 @@ def output_name(path: pathlib.Path) -> str:
     import onnx
 
     return onnx.load(str(path), load_external_data=False).graph.output[0].name
+
+
+def reusable_int8(out: pathlib.Path, max_drop: float) -> dict | None:
+    """OUT/int8.json when OUT/model.int8.onnx was made from the OUT/model.onnx that is there now, for this budget
+    and from the settings the gate starts from today."""
+    from runtime_bench.bundle import sha256_file
+
+    try:
+        record = json.loads((out / INT8_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    if (not (out / INT8_MODEL).is_file() or record.get("from_sha256") != sha256_file(out / "model.onnx")
+            or record.get("max_drop") != max_drop or record.get("start") != Int8Settings().describe()):
+        return None
+    return record
+
+
+def int8_stage(out: pathlib.Path, max_drop: float, progress: bool = True) -> dict:
+    if progress:
+        print(f"INT8: calibrating on the small set and judging it per class (--max-drop {max_drop:g})",
+              file=sys.stderr)
+    return export_int8(out, max_drop, progress=progress)
+
+
+def int8_summary(record: dict) -> str:
+    """One line: the small-set estimate that let the model through, its test figures, what stayed in float."""
+    e, t = record["estimate"], record["test"]
+    kept = record["kept_float"]
+    return (f"{record['model']}: INT8 within --max-drop {record['max_drop']:g} on the small-set estimate (accuracy "
+            f"{e['fp32']['accuracy']:.3f} -> {e['int8']['accuracy']:.3f}, harmonic mean {e['fp32']['harmonic_mean']:.3f}"
+            f" -> {e['int8']['harmonic_mean']:.3f}); test accuracy {t['fp32']['accuracy']:.3f} -> "
+            f"{t['int8']['accuracy']:.3f}, harmonic mean {t['fp32']['harmonic_mean']:.3f} -> "
+            f"{t['int8']['harmonic_mean']:.3f}, worst class {t['worst_class']['fp32']:.2f} -> "
+            f"{t['worst_class']['int8']:.2f}; {len(kept)} layer{'s' if len(kept) != 1 else ''} kept in float"
+            + ("; no int8 kernel in ONNX Runtime's CPU provider for " + ", ".join(
+                f"{op} x{n}" for op, n in record["float_ops"].items()) + " (run in float)" if record["float_ops"] else ""))

@@ -53,8 +53,9 @@ def _balanced_cap(samples, cap: int | None, seed: int):
     return picked
 
 
-def prepare(config: PruneConfig, progress: bool = True) -> Task:
-    config.check()
+def split_samples(config: PruneConfig, test_cap: int | None = None) -> tuple:
+    """(index of --data, small-set samples, test samples): the one split that pruning, export, INT8 and bench
+    all see. `test_cap` overrides --test-size (a balanced draw)."""
     small_index = scan_image_folder(config.data)
     small, rest = sample_k_shot(small_index, config.shots, config.seed, config.allow_fewer)
     if config.test_data:
@@ -63,7 +64,12 @@ def prepare(config: PruneConfig, progress: bool = True) -> Task:
         test = test_index.samples
     else:
         test = rest
-    test = _balanced_cap(test, config.test_size, config.seed)
+    return small_index, small, _balanced_cap(test, config.test_size if test_cap is None else test_cap, config.seed)
+
+
+def prepare(config: PruneConfig, progress: bool = True) -> Task:
+    config.check()
+    small_index, small, test = split_samples(config)
     tested = {label for _, label in test}
     for label, cls in enumerate(small_index.classes):
         if label not in tested:  # only without --test-data: --allow-fewer put all of a class in the small set
@@ -113,12 +119,7 @@ def prepare(config: PruneConfig, progress: bool = True) -> Task:
 def test_arrays(manifest: dict, limit: int | None = None, progress: bool = True):
     """The test images of a pruning run, preprocessed as the manifest says (for export and bench)."""
     config = PruneConfig(**manifest["config"])
-    small_index = scan_image_folder(config.data)
-    if config.test_data:
-        samples = scan_image_folder(config.test_data).samples
-    else:
-        _, samples = sample_k_shot(small_index, config.shots, config.seed, config.allow_fewer)
-    samples = _balanced_cap(samples, limit if limit is not None else config.test_size, config.seed)
+    _, _, samples = split_samples(config, limit)
     images, labels, _ = load_images(samples, Preprocessing.from_dict(manifest["preprocessing"]), progress,
                                     config.strict)
     return images, labels
@@ -127,7 +128,7 @@ def test_arrays(manifest: dict, limit: int | None = None, progress: bool = True)
 def small_arrays(manifest: dict, progress: bool = True):
     """The small labelled set of a pruning run, preprocessed as the manifest says (INT8 calibration data)."""
     config = PruneConfig(**manifest["config"])
-    small, _ = sample_k_shot(scan_image_folder(config.data), config.shots, config.seed, config.allow_fewer)
+    _, small, _ = split_samples(config)
     images, labels, _ = load_images(small, Preprocessing.from_dict(manifest["preprocessing"]), progress,
                                     config.strict)
     return images, labels

@@ -6,11 +6,9 @@ from __future__ import annotations
 import copy
 import pathlib
 
-import numpy as np
-
 from ..artifact import save_pruned, source_hashes
 from ..config import PruneConfig, config_hash
-from ..control.curves import class_averaged_auc, rate_grid, state_at_rates
+from ..control.curves import class_averaged_auc, rate_grid, state_at_rates, trapezoid
 from ..control.prune import PruneResult, prune
 from ..task import Task
 from .prepare import prepare
@@ -31,7 +29,7 @@ def curve_auc(curve: list[dict], step: float, p_max: float) -> dict | None:
     auc = class_averaged_auc(grid, [s["per_class"] for s in states], p_max)
     harmonic = [s["harmonic_mean"] for s in states]
     return dict(auc, grid=grid, rates_used=[s["rate"] for s in states],
-                harmonic_mean_auc=float(np.trapezoid(harmonic, grid) / p_max),
+                harmonic_mean_auc=trapezoid(harmonic, grid) / p_max,
                 reached=curve[-1]["rate"] >= p_max - AUC_SNAP)
 
 
@@ -80,10 +78,29 @@ def manifest_for(task: Task, config: PruneConfig, result: PruneResult) -> dict:
     }
 
 
-def run_prune(config: PruneConfig, out: pathlib.Path, progress: bool = True) -> dict:
+def run_prune(config: PruneConfig, out: pathlib.Path | str, progress: bool = True) -> dict:
+    """Prune as `config` says and save OUT/pruned.safetensors, OUT/head.safetensors, OUT/pruned.json; the manifest."""
+    config = copy.copy(config)
+    config.check()  # resolves the defaults that depend on other options, as the CLI does
+    out = pathlib.Path(out)
     task = prepare(config, progress)
     dense_head = copy.deepcopy(task.model.get_submodule(task.head_name))  # pruning shrinks its inputs
     result = prune(task, config, progress)
     manifest = manifest_for(task, config, result)
     save_pruned(out, result.model, dense_head, manifest)
     return manifest
+
+
+def reusable_manifest(out: pathlib.Path, config: PruneConfig) -> dict | None:
+    """OUT's manifest when OUT was pruned with this very config (same hash), so that a rerun skips the prune."""
+    from runtime_bench.errors import InputError
+
+    from ..artifact import MANIFEST, read_manifest
+
+    if not (out / MANIFEST).is_file():
+        return None
+    try:
+        manifest = read_manifest(out)
+    except InputError:
+        return None
+    return manifest if manifest.get("config_hash") == config_hash(config) else None

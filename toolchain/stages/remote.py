@@ -33,9 +33,10 @@ import subprocess
 import tempfile
 from typing import Callable, Sequence
 
+from runtime_bench.atomic import write_text_atomic
 from runtime_bench.bundle import DEFAULT_REPORT_NAME, MANIFEST_NAME, read_bundle, sha256_file
 from runtime_bench.errors import CheckFailed, InputError
-from runtime_bench.report import parse_report, to_markdown, write_text_atomic
+from runtime_bench.report import parse_report, to_markdown
 
 from .report import plot_bench
 
@@ -142,17 +143,6 @@ def check_bench_args(args: Sequence[str]) -> list[str]:
             raise InputError(f"bench option {arg}: set by the remote run itself (the report comes back to "
                              f"OUT/device/HOST/{DEFAULT_REPORT_NAME})")
     return list(args)
-
-
-def bench_settings_args(settings: dict) -> list[str]:
-    """The deploy config's `bench` settings as runtime_bench options, so the device measures like the host."""
-    flags = {"backend": "--backend", "threads": "--threads", "batch_size": "--batch-size",
-             "min_runs": "--min-runs", "min_seconds": "--min-seconds", "warmup_runs": "--warmup-runs"}
-    args = []
-    for key, flag in flags.items():
-        if settings.get(key) is not None:
-            args += [flag, str(settings[key])]
-    return args
 
 
 def bundle_files(bundle_dir: pathlib.Path) -> dict[str, str]:

@@ -23,9 +23,8 @@ from __future__ import annotations
 import datetime
 import pathlib
 
-from runtime_bench.atomic import atomic_output
+from runtime_bench.atomic import atomic_output, write_json_atomic, write_text_atomic
 from runtime_bench.errors import InputError
-from runtime_bench.report import write_json_atomic, write_text_atomic
 
 SCHEMA_VERSION = "1"
 

@@ -14,7 +14,6 @@ from .graph import (
     filter_layers,
     is_depthwise,
     is_grouped,
-    lowest_chunks,
     masked,
     out_channels,
     pointwise_linears,
@@ -25,5 +24,5 @@ from .graph import (
 )
 
 __all__ = ["Chunk", "ChannelGroup", "PruningGraph", "as_selection", "conv_filter_count", "filter_layers",
-           "is_depthwise", "is_grouped", "lowest_chunks", "masked", "out_channels", "pointwise_linears",
+           "is_depthwise", "is_grouped", "masked", "out_channels", "pointwise_linears",
            "rank_chunks", "removable_chunks", "select_channels", "traceable"]

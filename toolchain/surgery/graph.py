@@ -41,6 +41,7 @@ from torch.nn import functional as F
 
 from runtime_bench.errors import InputError, first_line
 
+from ..control.controller import lowest_covering
 from ..outputs import SelectOutput
 
 
@@ -614,17 +615,6 @@ def as_selection(chunks: Sequence[Chunk]) -> dict[str, list[int]]:
     return selection
 
 
-def lowest_chunks(ranked: Sequence[Chunk], filters: int) -> list[Chunk]:
-    """The lowest-scoring chunks that together cover at least `filters` conv filters."""
-    picked, covered = [], 0
-    for chunk in ranked:
-        if covered >= filters:
-            break
-        picked.append(chunk)
-        covered += chunk.filters
-    return picked
-
-
 def select_channels(
     groups: Sequence[ChannelGroup],
     scores: dict[str, torch.Tensor],
@@ -633,7 +623,7 @@ def select_channels(
     costs: dict[str, float] | None = None,
 ) -> dict[str, list[int]]:
     """Globally pick the lowest-scoring chunks until `filters_to_remove` conv filters are covered."""
-    return as_selection(lowest_chunks(rank_chunks(groups, scores, round_to, costs), filters_to_remove))
+    return as_selection(lowest_covering(rank_chunks(groups, scores, round_to, costs), filters_to_remove))
 
 
 @contextlib.contextmanager
