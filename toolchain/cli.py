@@ -64,8 +64,9 @@ def _prune_options(parser: argparse.ArgumentParser) -> None:
     add("--shots", type=int, help="images per class in the small labelled set (default 10)")
     add("--allow-fewer", action="store_true", default=None, help="proceed when a class has fewer than --shots")
     add("--strict", action="store_true", default=None, help="fail on unreadable images instead of skipping them")
-    add("--head", choices=["fit", "keep"], help="fit a new linear head (default) or keep the model's")
-    add("--head-solver", choices=["ridge", "logistic"],
+    # No argparse `choices`: every value is checked by the config against the registries, with their names.
+    add("--head", help="fit a new linear head (default) or keep the model's")
+    add("--head-solver",
         help="how the head is fitted: ridge (default; closed form, leave-one-out estimates) or logistic (L-BFGS)")
     add("--refit-head", action="store_true", default=None,
         help="re-fit the head on the small set after every pruning step (default with --head fit)")
@@ -89,7 +90,7 @@ def _prune_options(parser: argparse.ArgumentParser) -> None:
         help="re-fit the layers that read removed channels, in closed form, so that their outputs on the small set "
              "stay close to the dense model's (no training)")
     add("--no-compensate", dest="compensate", action="store_false", default=None, help="turn off a config file's --compensate")
-    add("--cost", choices=["filters", "macs", "latency"],
+    add("--cost",
         help="rank channels by relevance alone (filters, default) or by relevance / the MACs or measured latency "
              "their removal saves")
     add("--profile-backend", help="--cost latency: the runtime the per-layer latency profile is measured on (ort-cpu)")
@@ -106,7 +107,7 @@ def _prune_options(parser: argparse.ArgumentParser) -> None:
     dpx.add_argument("--m", type=int, help="units tried by a change of pruning order (default 8; wider finds better units, "
                      "each costs a partial forward: see the README's study)")
     dpx.add_argument("--s-min-units", type=int, help="smallest step, in units (default 1)")
-    dpx.add_argument("--rescore", choices=["accepted", "step", "never"],
+    dpx.add_argument("--rescore",
                      help="recompute relevance after each commit (accepted), after each s_max of filters (step), never")
     dpx.add_argument("--signal", help="A(M): refit (default with --refit-head), small-accuracy (as specified), "
                      "crossfit-accuracy, crossfit-probability (default without --refit-head)")
@@ -165,6 +166,8 @@ def cmd_export(args) -> int:
     from .config import INT8_MAX_DROP, ExportSettings, TensorRTSettings
     from .stages.export import export_models, parity_line
 
+    given = {k: getattr(args, k) for k in ("exporter", "precision", "simplifier") if getattr(args, k) is not None}
+    settings = ExportSettings.from_section(given, "edgeprune export")
     out = _out_dir(args.out)
     engines = None
     if args.tensorrt:
@@ -176,11 +179,10 @@ def cmd_export(args) -> int:
             raise InputError(f"--tensorrt {' '.join(args.tensorrt)}: {exc}") from None
         engines = TensorRTSettings.from_section({"precisions": args.tensorrt}, "--tensorrt")
     max_drop = None
-    if args.precision == "int8":
+    if settings.precision == "int8":
         from .control.controller import check_max_drop
 
         max_drop = check_max_drop(args.max_drop if args.max_drop is not None else INT8_MAX_DROP)
-    settings = ExportSettings(exporter=args.exporter, precision=args.precision, simplifier=args.simplifier)
     for record in export_models(out, settings, progress=not args.quiet).values():
         print(parity_line(record))
     if max_drop is not None:
@@ -321,12 +323,15 @@ def cmd_remote_bench(args) -> int:
 
 
 def cmd_deploy(args) -> int:
+    from .config import ExportSettings
     from .stages.deploy import deploy
 
     config_file = pathlib.Path(args.config) if args.config else DEFAULT_CONFIG
     config, settings = resolve_config(args, config_file)
     if args.precision is not None:
-        settings = dataclasses.replace(settings, export=dataclasses.replace(settings.export, precision=args.precision))
+        export = ExportSettings.from_section(dict(dataclasses.asdict(settings.export), precision=args.precision),
+                                             "--precision")
+        settings = dataclasses.replace(settings, export=export)
     out = _out_dir(args.out)
     device = _device_from_args(args)
     started = time.perf_counter()
@@ -375,15 +380,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export dense and pruned models to ONNX through the parity gate")
     p.add_argument("out", help="folder written by 'edgeprune prune'")
-    p.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "torchscript"])
-    # exporters.tensorrt.PRECISIONS, spelled out so that --help does not import onnx
-    p.add_argument("--tensorrt", nargs="+", choices=["fp32", "fp16", "int8"], metavar="PRECISION",
+    # Defaults and choices are ExportSettings' and TensorRTSettings' (checked there, named in the error).
+    p.add_argument("--exporter", help="auto (default: dynamo, falling back to the TorchScript tracer), dynamo, torchscript")
+    p.add_argument("--tensorrt", nargs="+", metavar="PRECISION",
                    help="also build TensorRT engines of both models: fp32, fp16 and/or int8 (needs TensorRT and a GPU)")
-    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+    p.add_argument("--precision",
                    help="int8: also write OUT/model.int8.onnx for ONNX Runtime's CPU int8 kernels, calibrated on the "
                         "small set and kept only if its small-set estimate of accuracy and harmonic mean stays within "
                         "--max-drop of FP32 (layers are kept in float as needed)")
-    p.add_argument("--simplifier", choices=["onnxsim", "onnxslim"], default="onnxsim",
+    p.add_argument("--simplifier",
                    help="onnxsim (onnx-simplifier, default) or onnxslim; the parity gate judges the result either way")
     p.add_argument("--max-drop", type=float, help="the INT8 budget (default 0.01, the pruning budget's)")
     p.set_defaults(func=cmd_export)
@@ -414,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     _prune_options(p)
     p.add_argument("--config", help=f"YAML config (default {DEFAULT_CONFIG})")
     p.add_argument("--out", default="artifacts/deploy")
-    p.add_argument("--precision", choices=["fp32", "int8"],
+    p.add_argument("--precision",
                    help="int8: also an INT8 model for ONNX Runtime's CPU kernels, gated per class on the small set "
                         "within --max-drop, timed against both FP32 models (overrides the config's export: precision)")
     _device_options(p, required=False)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from runtime_bench.errors import InputError, first_line
 from runtime_bench.settings import BenchSettings, section_keys
 
-from .control.controller import ControllerConfig, check_max_drop, is_number
+from .control.controller import RESCORE_CHOICES, ControllerConfig, check_max_drop, is_number
 from .control.signals import SIGNALS
 from .head import HEAD_SOLVERS
 from .surgery.costs import COSTS
@@ -116,6 +116,8 @@ class PruneConfig:
             raise InputError(f"--method {self.method}: choose from {', '.join(METHODS)}")
         if self.head not in ("fit", "keep"):
             raise InputError(f"--head {self.head}: choose fit or keep")
+        if self.rescore not in RESCORE_CHOICES:
+            raise InputError(f"--rescore {self.rescore}: must be one of {', '.join(RESCORE_CHOICES)}")
         if self.round_to < 1:
             raise InputError(f"--round-to {self.round_to}: must be a positive integer (1 turns rounding off)")
         if self.shots < 1:
