@@ -89,9 +89,9 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Benchmark `models` (label -> ONNX path, or an already opened Backend) and return the report.
 
-    With exactly two models the first is the baseline (e.g. "dense") and the second the candidate
-    (e.g. "pruned"); the report then has a `comparison` with the p50 (and p90) speedup and spread.
-    More models are all timed interleaved, without a comparison.
+    The first model is the baseline (e.g. "dense"); every other one is a candidate, timed interleaved with
+    it. The report's `comparisons` hold each candidate against the baseline (p50 and p90 speedup with
+    their spread, top-1 agreement); `comparison` is the first of them (e.g. "pruned" vs "dense").
 
     `min_runs`/`min_s` None take the mode's defaults: quick (50 runs, 2 s, p50 headline) or, with
     `strict`, MLPerf single-stream (1024 runs, 600 s, p90 headline; lower values are an error).
@@ -131,7 +131,7 @@ def run_benchmark(
 
     accuracy: dict[str, dict[str, Any]] = {}
     logits: dict[str, np.ndarray] = {}
-    want_logits = len(opened) == 2
+    want_logits = len(opened) >= 2
     for label, model in opened.items():
         on_batch, close = report_progress.images(label, images.shape[0])
         try:
@@ -189,12 +189,12 @@ def run_benchmark(
         report_progress.line(f"warning: {warning}")
     env["warnings"] = list(env["warnings"]) + late
 
-    comparison = None
-    if len(opened) == 2:
-        baseline, candidate = list(opened)
+    comparisons = []
+    baseline, *candidates = list(opened)
+    for candidate in candidates:
         spread = ratio_with_spread(samples[baseline], samples[candidate])
         spread90 = ratio_with_spread(samples[baseline], samples[candidate], percentile=90.0)
-        comparison = {
+        comparisons.append({
             "baseline": baseline,
             "candidate": candidate,
             "speedup_p50": spread["ratio"],
@@ -205,7 +205,7 @@ def run_benchmark(
             "high_p90": spread90["high"],
             "headline": limits["headline"],
             "top1_agreement": top1_agreement(logits[baseline], logits[candidate]),
-        }
+        })
         report_progress.line(
             f"speedup {candidate} vs {baseline}: {spread['ratio']:.2f}x (5-95%: {spread['low']:.2f}-{spread['high']:.2f})"
         )
@@ -228,7 +228,7 @@ def run_benchmark(
         "num_images": int(images.shape[0]),
         "num_classes": int(num_classes),
     }
-    return bench_report(entries, comparison, settings, env)
+    return bench_report(entries, comparisons, settings, env)
 
 
 def gpu_event_summary(device_times: dict[str, list[float]], batch_size: int = 1, blocks: int = DEFAULT_BLOCKS) -> dict:

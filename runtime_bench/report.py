@@ -28,9 +28,11 @@ the keys marked +, which readers such as `runtime_bench.compare` rely on):
                        accuracy  accuracy, per_class, harmonic_mean, count
                        + sha256  the model file's hash (bundle runs only)
                      }
-    comparison       null unless exactly two models: baseline, candidate, speedup_p50 (p50 baseline /
-                     p50 candidate), low, high (bootstrap 5-95% of that ratio), top1_agreement;
-                     + speedup_p90, low_p90, high_p90, + headline
+    comparison       null with one model, else the first of `comparisons`: baseline, candidate,
+                     speedup_p50 (p50 baseline / p50 candidate), low, high (bootstrap 5-95% of that ratio),
+                     top1_agreement; + speedup_p90, low_p90, high_p90, + headline
+    comparisons      (optional) every model after the first against the first, each like `comparison`
+                     (a bundle with an INT8 model: pruned vs dense, then pruned-int8 vs dense)
 """
 
 from __future__ import annotations
@@ -50,18 +52,20 @@ READABLE_SCHEMA_VERSIONS = ("1", "2")
 
 def bench_report(
     models: dict[str, dict[str, Any]],
-    comparison: dict[str, Any] | None,
+    comparisons: list[dict[str, Any]],
     settings: dict[str, Any],
     environment: dict[str, Any],
 ) -> dict[str, Any]:
-    """Assemble the report. `models`: label -> {path, backend, latency, accuracy}."""
+    """Assemble the report. `models`: label -> {path, backend, latency, accuracy}; `comparisons`: each later
+    model against the first."""
     return {
         "schema_version": SCHEMA_VERSION,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "settings": settings,
         "environment": environment,
         "models": models,
-        "comparison": comparison,
+        "comparison": comparisons[0] if comparisons else None,
+        "comparisons": comparisons,
     }
 
 
@@ -166,11 +170,11 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"| {label} | {_fmt(acc.get('accuracy'), 4)} | {_fmt(acc.get('harmonic_mean'), 4)} | {_fmt(acc.get('count'))} |"
         )
 
-    comparison = report.get("comparison")
-    if comparison:
+    comparisons = report.get("comparisons") or ([report["comparison"]] if report.get("comparison") else [])
+    if comparisons:
+        lines += ["", "## Speedup"]
+    for comparison in comparisons:
         lines += [
-            "",
-            "## Speedup",
             "",
             f"`{comparison['candidate']}` vs `{comparison['baseline']}`: "
             f"**{comparison['speedup_p50']:.2f}x** at p50 "

@@ -185,14 +185,17 @@ def test_bundle_cli_rejects_data_option(bundle_dir: Path):
 
 
 def test_benchmark_bundle_with_three_fake_models(tmp_path: Path):
-    """Any backend works: three fake-backend specs, all timed interleaved, no pairwise comparison."""
+    """Any backend works: three fake-backend specs, all timed interleaved, each later one against the first."""
     for name, seconds in (("a", 0.0005), ("b", 0.001), ("c", 0.0)):
         (tmp_path / f"{name}.json").write_text(json.dumps({"seconds_per_call": seconds, "logits": [0, 1, 0]}))
     np.savez(tmp_path / "eval.npz", images=np.zeros((3, 1, 2, 2), np.float32), labels=np.array([0, 1, 2]))
     write_bundle_manifest(tmp_path, {n: f"{n}.json" for n in "abc"}, INPUT)
     report = benchmark_bundle(tmp_path, backend=FAKE_BACKEND_NAME, warmup_runs=1, warmup_s=0, min_runs=6,
                               min_s=0, progress=False)  # fmt: skip
-    assert list(report["models"]) == ["a", "b", "c"] and report["comparison"] is None
+    assert list(report["models"]) == ["a", "b", "c"]
+    assert [(c["baseline"], c["candidate"]) for c in report["comparisons"]] == [("a", "b"), ("a", "c")]
+    assert report["comparison"] == report["comparisons"][0] and report["comparison"]["speedup_p50"] < 1.0
+    assert report["comparisons"][1]["speedup_p50"] > 1.0 and report["comparisons"][1]["top1_agreement"] == 1.0
     assert all(m["latency"]["count"] == 6 for m in report["models"].values())
     assert report["models"]["b"]["latency"]["p50_ms"] >= 1.0
     assert report["models"]["a"]["accuracy"]["per_class"] == [0.0, 1.0, 0.0]

@@ -26,7 +26,8 @@ def test_deploy_writes_everything_and_a_rerun_reuses_finished_stages(image_data,
     assert first.returncode == 0, first.stderr
     for name in ("dense.onnx", "model.onnx", "pruned.json", "pruned.safetensors", "head.safetensors", "report.json",
                  "report.md", "accuracy_vs_rate.png", "latency_vs_rate.png", "config.resolved.yaml",
-                 "bundle/manifest.json", "bundle/eval.npz", "bundle/model.onnx", "bundle/runtime_bench/bench.py"):
+                 "bundle/manifest.json", "bundle/eval.npz", "bundle/model.onnx", "bundle/model.int8.onnx",
+                 "bundle/runtime_bench/bench.py"):
         assert (out / name).is_file(), name
     report = json.loads((out / "report.json").read_text())
     assert report["schema_version"] == "1" and 0 < report["pruning"]["rate_achieved"] <= 0.2 + 0.02
@@ -59,4 +60,9 @@ def test_deploy_writes_everything_and_a_rerun_reuses_finished_stages(image_data,
                             "'--min-seconds', '0.2', '--quiet']))"],
                            cwd=out / "bundle", capture_output=True, text=True, timeout=300)
     assert bench.returncode == 0, bench.stderr
-    assert json.loads((out / "bundle" / "bench.json").read_text())["comparison"]["speedup_p50"] > 0
+    device = json.loads((out / "bundle" / "bench.json").read_text())
+    assert device["comparison"]["speedup_p50"] > 0
+    # The INT8 model travels in the bundle too, timed on the device against dense like the pruned one.
+    assert [(c["baseline"], c["candidate"]) for c in device["comparisons"]] == [("dense", "pruned"),
+                                                                               ("dense", "pruned-int8")]
+    assert device["models"]["pruned-int8"]["accuracy"]["count"] == device["models"]["dense"]["accuracy"]["count"]

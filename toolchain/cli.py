@@ -215,9 +215,8 @@ def cmd_bench_compare(args) -> int:
 def _print_bench_summary(report: dict) -> None:
     for label, m in report["models"].items():
         print(f"{label}: p50 {m['latency']['p50_ms']:.2f} ms, accuracy {m['accuracy']['accuracy']:.3f}")
-    if report.get("comparison"):
-        c = report["comparison"]
-        print(f"speedup {c['speedup_p50']:.2f}x ({c['low']:.2f}-{c['high']:.2f})")
+    for c in report.get("comparisons") or ([report["comparison"]] if report.get("comparison") else []):
+        print(f"speedup {c['candidate']} vs {c['baseline']} {c['speedup_p50']:.2f}x ({c['low']:.2f}-{c['high']:.2f})")
 
 
 def cmd_bench(args) -> int:

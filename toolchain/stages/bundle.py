@@ -1,6 +1,6 @@
 """The deploy bundle `OUT/bundle/`: everything a device needs, and nothing that needs torch.
 
-model.onnx and dense.onnx, manifest.json (hashes, input spec, preprocessing, labels), an evaluation
+model.onnx and dense.onnx (and model.int8.onnx when deploy made one), manifest.json (hashes, input spec, preprocessing, labels), an evaluation
 subset as eval.npz, and a copy of runtime_bench. On the device (numpy + onnxruntime only):
 
     cd bundle && python -m runtime_bench .
@@ -24,13 +24,17 @@ EVAL_IMAGES = 200  # enough for a per-class accuracy check on the device, small 
 
 
 def make_bundle(out: pathlib.Path, images: np.ndarray, labels: np.ndarray, manifest: dict,
-                engines: dict | None = None, eval_images: int = EVAL_IMAGES) -> pathlib.Path:
-    """`engines`: label -> build record (exporters.tensorrt.build_engine) of engines to include."""
+                engines: dict | None = None, eval_images: int = EVAL_IMAGES,
+                extra_models: dict | None = None) -> pathlib.Path:
+    """`engines`: label -> build record (exporters.tensorrt.build_engine) of engines to include;
+    `extra_models`: label -> ONNX file timed after dense and pruned (e.g. {"pruned-int8": OUT/model.int8.onnx})."""
     bundle = out / "bundle"
     bundle.mkdir(parents=True, exist_ok=True)
     engines = engines or {}
     engine_names = {label: pathlib.Path(r["engine"]).name for label, r in engines.items()}
-    for source in [out / "dense.onnx", out / "model.onnx"] + [pathlib.Path(r["engine"]) for r in engines.values()]:
+    models = {"dense": out / "dense.onnx", "pruned": out / "model.onnx"}
+    models.update({label: pathlib.Path(path) for label, path in (extra_models or {}).items()})
+    for source in list(models.values()) + [pathlib.Path(r["engine"]) for r in engines.values()]:
         with atomic_output(bundle / source.name) as tmp:
             shutil.copyfile(source, tmp)
     # A balanced subset: every class keeps its share, in the test set's order.
@@ -59,7 +63,7 @@ def make_bundle(out: pathlib.Path, images: np.ndarray, labels: np.ndarray, manif
     finally:
         shutil.rmtree(building, ignore_errors=True)
     write_bundle_manifest(
-        bundle, {"dense": "dense.onnx", "pruned": "model.onnx"},
+        bundle, {label: path.name for label, path in models.items()},
         {"shape": [None, *images.shape[1:]], "dtype": "float32", "preprocessing": manifest["preprocessing"],
          "labels": list(manifest["classes"])},
         eval_file="eval.npz",

@@ -49,7 +49,7 @@ def deploy(config: PruneConfig, settings: DeploySettings | None = None, out="art
     from .bundle import make_bundle
     from .engines import tensorrt_stage
     from .export import export_models, reusable_export
-    from .precision import int8_stage, int8_summary, reusable_int8
+    from .precision import INT8_MODEL, int8_stage, int8_summary, reusable_int8
     from .prepare import test_arrays
     from .prune import reusable_manifest, run_prune
     from .report import build_report, write_report
@@ -100,13 +100,14 @@ def deploy(config: PruneConfig, settings: DeploySettings | None = None, out="art
     t_engines = time.perf_counter()
     engines = tensorrt_stage(out, settings.tensorrt, manifest, images, labels, settings.bench, progress)
     engine_seconds = time.perf_counter() - t_engines
-    make_bundle(out, images, labels, manifest, engines["engines"] if engines else None)
+    make_bundle(out, images, labels, manifest, engines["engines"] if engines else None,
+                extra_models={"pruned-int8": out / INT8_MODEL} if int8 is not None else None)
     bench = bench_models({"dense": str(out / "dense.onnx"), "pruned": str(out / "model.onnx")}, images, labels,
                          classes, settings.bench, progress)
     if engines is not None:
         timings["tensorrt"] = engine_seconds
     if int8 is not None:
-        int8_model = str(out / "model.int8.onnx")
+        int8_model = str(out / INT8_MODEL)
         vs = {label: bench_models({label: str(out / name), "pruned-int8": int8_model}, images, labels, classes,
                                   settings.bench, progress)
               for label, name in (("pruned", "model.onnx"), ("dense", "dense.onnx"))}
