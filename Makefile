@@ -9,6 +9,7 @@ CONFIG ?= configs/default.yaml
 # Keep downloaded or copied weights inside the project (make clean removes them).
 export TORCH_HOME ?= $(CURDIR)/.cache/torch
 STAMP := $(VENV)/.installed-stamp
+RAY_STAMP := $(VENV)/.ray-stamp
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 SSHD := /usr/sbin/sshd
 # `make deploy DEVICE=user@host[:port]` also benchmarks the bundle on that device over SSH.
@@ -55,7 +56,12 @@ deploy-int8: $(STAMP) | $(FASHION_MNIST)
 	$(VENV)/bin/edgeprune deploy --config $(CONFIG) --precision int8 --out artifacts/deploy-int8
 	$(PY) scripts/readme_results.py --int8 artifacts/deploy-int8/report.json
 
-test: $(STAMP) | $(FASHION_MNIST) $(SSHD)
+# The [ray] extra, so that the test suite runs the studies on a local Ray too (tests/test_sweep.py).
+$(RAY_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[ray]"
+	@touch $(RAY_STAMP)
+
+test: $(STAMP) $(RAY_STAMP) | $(FASHION_MNIST) $(SSHD)
 	$(PY) -m pytest -q -n auto --durations=15
 
 bench: $(STAMP) | $(FASHION_MNIST)
@@ -69,12 +75,14 @@ check-minimal: $(STAMP)
 harness-truth: $(STAMP)
 	$(PY) benchmarks/harness_truth.py
 
-study: $(STAMP) | $(FASHION_MNIST)
-	$(PY) benchmarks/auc_study.py
+# `make study RAY=auto` (a local Ray) or `RAY=HOST:6379` (a cluster): every run a Ray task (benchmarks/sweep.py).
+RAY ?=
+study: $(STAMP) $(if $(RAY),$(RAY_STAMP)) | $(FASHION_MNIST)
+	$(PY) benchmarks/auc_study.py $(if $(RAY),--ray $(RAY))
 
 # The smallest model within a point of dense, chosen from the small set (README: budget study).
-budget-study: $(STAMP) | $(FASHION_MNIST)
-	$(PY) benchmarks/budget_study.py --resume
+budget-study: $(STAMP) $(if $(RAY),$(RAY_STAMP)) | $(FASHION_MNIST)
+	$(PY) benchmarks/budget_study.py --resume $(if $(RAY),--ray $(RAY))
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check toolchain exporters runtime_bench tests benchmarks scripts

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import pathlib
 import statistics
@@ -31,6 +32,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "benchmarks")]
 
 from hed_vgg16 import prune_spec  # noqa: E402
 from readme_blocks import update_readme  # noqa: E402
+from sweep import Group, add_sweep_options, keep_run, one_line_errors, report_failures, run_sweep  # noqa: E402
 
 from runtime_bench.atomic import write_json_atomic  # noqa: E402
 from toolchain.assets import prepare_default_assets  # noqa: E402
@@ -190,6 +192,7 @@ def main(argv=None) -> int:
     parser.add_argument("--step", type=float, default=0.05)
     parser.add_argument("--round-to", type=int, default=8)
     parser.add_argument("--resume", action="store_true", help="keep the finished runs of an earlier study")
+    add_sweep_options(parser, "(model, seed, variant)")
     parser.add_argument("--no-readme", action="store_true", help="do not write the README block")
     parser.add_argument("--data", default=str(ROOT / "artifacts" / "data" / "fashion-mnist"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "budget_study.json"))
@@ -202,8 +205,9 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     settings = {"test_size": args.test_size, "step": args.step, "round_to": args.round_to, "seeds": seeds,
+                "threads": args.threads,
                 "argv": [a for a in (sys.argv[1:] if argv is None else argv) if a != "--resume"]}
-    study = {"settings": settings, "runs": [], "summary": {}, "seconds": 0.0}
+    study = {"settings": settings, "runs": [], "summary": None, "seconds": 0.0}
     if args.resume and out.is_file():
         previous = json.loads(out.read_text())
         same = all(previous["settings"].get(k) == v for k, v in settings.items() if k not in ("argv", "seeds"))
@@ -211,27 +215,28 @@ def main(argv=None) -> int:
             study["runs"], study["seconds"] = previous["runs"], previous["seconds"]
     done = {(r["model"], r["seed"], r["variant"]) for r in study["runs"]}
     started = time.perf_counter() - study["seconds"]
+    groups = []
     for model in args.models.split(","):
         spec = MODELS[model]
         for seed in seeds:
-            todo = [v for v in args.variants.split(",") if (model, seed, v) not in done]
-            if not todo:
-                continue
             base = PruneConfig(data=str(data / "train"), test_data=str(data / "test"), test_size=args.test_size,
                                step=args.step, round_to=args.round_to, seed=seed, **spec)
-            task = prepare(base, progress=False)
-            for variant in todo:
-                run = dict(run_variant(task, base, variant), model=model, seed=seed)
-                study["runs"].append(run)
-                study["summary"] = summarize(study["runs"])
-                study["seconds"] = time.perf_counter() - started
-                write_json_atomic(study, out)
-                c = run["chosen"]
-                print(f"{model} seed {seed} {variant}: {c['macs_reduction']:.2f}x MACs, {run['ort']['speedup_p50']:.2f}x "
-                      f"ORT, accuracy {run['dense']['accuracy']:.3f} -> {c['accuracy']:.3f}, harmonic mean "
-                      f"{run['dense']['harmonic_mean']:.3f} -> {c['harmonic_mean']:.3f}, estimate - test "
-                      f"{c['estimate_minus_test']:+.3f}; oracle {run['oracle']['macs_reduction']:.2f}x; {run['seconds']:.0f} s",
-                      flush=True)
+            todo = [v for v in args.variants.split(",") if (model, seed, v) not in done]
+            groups.append(Group(f"{model} seed {seed}", functools.partial(prepare, base, progress=False),
+                                [((model, seed, v), run_variant, (base, v)) for v in todo]))
+
+    def landed(key, result):
+        run = keep_run(study, key, result, out, started)
+        c = run["chosen"]
+        print(f"{run['model']} seed {run['seed']} {run['variant']}: {c['macs_reduction']:.2f}x MACs, {run['ort']['speedup_p50']:.2f}x "
+              f"ORT, accuracy {run['dense']['accuracy']:.3f} -> {c['accuracy']:.3f}, harmonic mean "
+              f"{run['dense']['harmonic_mean']:.3f} -> {c['harmonic_mean']:.3f}, estimate - test "
+              f"{c['estimate_minus_test']:+.3f}; oracle {run['oracle']['macs_reduction']:.2f}x; {run['seconds']:.0f} s "
+              f"on {run['worker']}", flush=True)
+
+    failed = run_sweep(groups, landed, ray=args.ray, threads=args.threads)
+    if failed:
+        return report_failures(failed, out)
     study["summary"] = summarize(study["runs"])
     write_json_atomic(study, out)
     table = markdown(study)
@@ -240,4 +245,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(one_line_errors(main))

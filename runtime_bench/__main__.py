@@ -20,8 +20,9 @@ import sys
 from typing import Any
 
 from runtime_bench.errors import EdgePruneError, InputError
-from runtime_bench.evaldata import load_eval_npz  # also imported from here by the toolchain
+from runtime_bench.evaldata import load_eval_npz
 from runtime_bench.settings import BenchSettings
+from runtime_bench.timing import QUICK_MIN_RUNS, QUICK_MIN_S, STRICT_MIN_RUNS, STRICT_MIN_S
 
 EXIT_INTERRUPTED = 130
 COMPARE = "compare"
@@ -71,9 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="MLPerf single-stream minimums: at least 1024 runs and 600 s, p90 as the headline",
     )
-    parser.add_argument("--min-runs", type=int, help="minimum timed runs per model (default: 50; strict: 1024)")
     parser.add_argument(
-        "--min-seconds", type=float, help="minimum timed duration in seconds (default: 2; strict: 600)"
+        "--min-runs",
+        type=int,
+        help=f"minimum timed runs per model (default: {QUICK_MIN_RUNS}; strict: {STRICT_MIN_RUNS})",
+    )
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        help=f"minimum timed duration in seconds (default: {QUICK_MIN_S:g}; strict: {STRICT_MIN_S:g})",
     )
     parser.add_argument(
         "--warmup-runs", type=int, help=f"minimum warm-up runs per model (default: {defaults.warmup_runs})"

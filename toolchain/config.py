@@ -213,7 +213,10 @@ class DeploySettings:
 
     @classmethod
     def from_sections(cls, sections: dict, where: str) -> DeploySettings:
-        return cls(assets=sections.get("assets"), export=ExportSettings.from_section(sections.get("export"), where),
+        assets = sections.get("assets")
+        if assets is not None and not isinstance(assets, str):
+            raise InputError(f"{where}: assets: expected a folder path, got {assets!r}")
+        return cls(assets=assets, export=ExportSettings.from_section(sections.get("export"), where),
                    bench=BenchSettings.from_section(sections.get("bench"), where),
                    tensorrt=TensorRTSettings.from_section(sections.get("tensorrt"), where))
 
