@@ -61,11 +61,12 @@ class PruneConfig:
     batch_size: int = 32
     seed: int = 0
     # The accuracy-aware controller (--method dpx, docs/method.md); `step` is its s_max, `rate` its p_max.
-    delta: float = 0.0
-    tau: float | None = None
-    m: int = 8
-    s_min_units: int = 1
-    rescore: str = "accepted"
+    # Its defaults are the controller's own.
+    delta: float = ControllerConfig.delta
+    tau: float | None = ControllerConfig.tau
+    m: int = ControllerConfig.m
+    s_min_units: int = ControllerConfig.s_min_units
+    rescore: str = ControllerConfig.rescore
     signal: str | None = None  # A(M), see toolchain/control/signals.py; None: refit with --refit-head, else crossfit-probability
     class_weighted: bool = False  # starting relevance of each sample 1 / (its class's A value)
     # The paper's setting in one switch: the controller as specified (A = small-set accuracy of the head,

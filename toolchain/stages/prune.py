@@ -79,9 +79,8 @@ def manifest_for(task: Task, config: PruneConfig, result: PruneResult) -> dict:
 
 
 def run_prune(config: PruneConfig, out: pathlib.Path | str, progress: bool = True) -> dict:
-    """Prune as `config` says and save OUT/pruned.safetensors, OUT/head.safetensors, OUT/pruned.json; the manifest."""
-    config = copy.copy(config)
-    config.check()  # resolves the defaults that depend on other options, as the CLI does
+    """Prune as `config` says (checked by `prepare`) and save OUT/pruned.safetensors, OUT/head.safetensors,
+    OUT/pruned.json; the manifest."""
     out = pathlib.Path(out)
     task = prepare(config, progress)
     dense_head = copy.deepcopy(task.model.get_submodule(task.head_name))  # pruning shrinks its inputs
