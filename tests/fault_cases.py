@@ -532,6 +532,12 @@ CATALOGUE = [
     Fault("profile_backend_unknown", PRUNING, "`--cost latency --profile-backend tpu`",
           prune("--cost", "latency", "--profile-backend", "tpu"),
           "error: --profile-backend tpu: choose from ort-cpu"),
+    Fault("holdout_folds_one", PRUNING, "`--holdout-folds 1`", prune("--holdout-folds", "1"),
+          "error: --holdout-folds 1: must be 0 (off) or an integer >= 2"),
+    Fault("holdout_folds_no_budget", PRUNING, "`--holdout-folds 3` with no accuracy budget",
+          prune("--holdout-folds", "3"),
+          "error: --holdout-folds 3: cross-validates the budget's estimate: needs --max-drop, the re-fitted ridge "
+          "head and a method other than dpx (the controller judges its candidates in-sample)"),
     Fault("refit_head_keep", PRUNING, "`--refit-head` with `--head keep`", prune("--refit-head", "--head", "keep"),
           "error: --refit-head: needs --head fit (--head keep keeps the model's own head)"),
     Fault("no_layer_emptied", PRUNING, "a rate that would empty layers (`--rate 0.95 --round-to 1`)",

@@ -98,10 +98,13 @@ def test_refitting_the_head_never_changes_a_backbone_weight(image_data):
     torch.testing.assert_close(result.model(task.test_x), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_a_budget_run_keeps_the_last_state_within_budget_and_saves_it(hard_data, tmp_path):
-    config = _config(hard_data, max_drop=0.0, patience=1)
+@pytest.mark.parametrize("holdout_folds", [0, 3])
+def test_a_budget_run_keeps_the_last_state_within_budget_and_saves_it(hard_data, tmp_path, holdout_folds):
+    config = _config(hard_data, max_drop=0.0, patience=1, compensate=True, holdout_folds=holdout_folds)
     manifest = run_prune(config, tmp_path, progress=False)
     curve, explored, chosen = manifest["curve"], manifest["explored"], manifest["chosen"]
+    # Cross-validated, the budget reads the shadows' estimate, with the leave-one-out one beside it.
+    assert all(("in_sample_estimate" in p) == bool(holdout_folds) for p in curve + explored)
     dense = curve[0]["estimate"]
 
     def within(point):
@@ -233,6 +236,37 @@ def test_compensation_brings_a_pruned_layer_back_towards_its_dense_output():
     assert compensation([reader], {}) == [reader]
     after = float((cache.values[node] - compensation.dense[reader]).pow(2).mean())
     assert after < 0.5 * before
+
+
+def test_the_held_out_estimate_judges_no_image_by_anything_fitted_on_it():
+    """Changing the images of fold 0 leaves shadow 0 exactly as it was after a step (its channels chosen, its
+    compensation and its head: none of them saw those images) and changes shadow 1 (all of them did)."""
+    from toolchain.control.compensation import Compensation
+    from toolchain.control.holdout import HeldOutEstimate
+    from toolchain.scoring.lrp import lrp_filter_scores
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(16, 3, 32, 32, generator=generator)
+    labels = torch.arange(16) % 4
+    changed = images.clone()
+    fold0 = torch.tensor([0, 1, 2, 3, 8, 9, 10, 11])  # the 1st and 3rd image of each class
+    changed[fold0] = torch.randn(changed[fold0].shape, generator=generator)
+    shadows = []
+    for x in (images, changed):
+        model, cache = _tiny_cache(x)
+        graph = PruningGraph(model, x[:2], protected=[model[12]])
+        estimate = HeldOutEstimate(model, graph, "12", x, labels, 4, 2, "ridge", 0.1,
+                                   Compensation(cache, skip={model[12]}), lambda shadow_graph: None)
+        assert torch.equal(torch.nonzero(estimate.fold == 0).flatten(), fold0)
+        estimate.step(12, lambda m, images, labels: lrp_filter_scores(m, images, labels), 1)
+        assert len(estimate.per_class()) == 4
+        shadows.append([(copy.deepcopy(s.graph.kept), s.model.state_dict()) for s in estimate.shadows])
+    (kept_a, weights_a), (kept_b, weights_b) = shadows[0][0], shadows[1][0]
+    assert kept_a == kept_b and all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    assert sum(len(c) for c in kept_a.values()) < sum(m.out_channels for m in tiny_cnn() if isinstance(m, nn.Conv2d))
+    (kept_a, weights_a), (kept_b, weights_b) = shadows[0][1], shadows[1][1]
+    assert kept_a != kept_b or not all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    assert not torch.equal(weights_a["12.weight"], weights_b["12.weight"])
 
 
 def test_latency_cost_splits_each_layers_measured_time_like_its_macs():

@@ -90,6 +90,10 @@ def _prune_options(parser: argparse.ArgumentParser) -> None:
         help="re-fit the layers that read removed channels, in closed form, so that their outputs on the small set "
              "stay close to the dense model's (no training)")
     add("--no-compensate", dest="compensate", action="store_false", default=None, help="turn off a config file's --compensate")
+    add("--holdout-folds", type=int, metavar="K",
+        help="with --max-drop: the budget's estimate cross-validated over the whole procedure by K shadow copies, "
+             "each pruning, compensating and re-fitting on the other folds (3 is what was measured); 0 (default): "
+             "leave-one-out of the head")
     add("--cost",
         help="rank channels by relevance alone (filters, default) or by relevance / the MACs or measured latency "
              "their removal saves")

@@ -54,6 +54,9 @@ class PruneConfig:
     # before stopping (the small-set estimate is noisy: one step can dip under the floor and the next recover).
     patience: int = 2
     compensate: bool = False  # re-fit the layers that read removed channels (toolchain/compensation.py)
+    # With --max-drop and the re-fitted ridge head: the budget's estimate cross-validated over the whole
+    # procedure, by this many shadow copies (toolchain/control/holdout.py); 0: leave-one-out of the head.
+    holdout_folds: int = 0
     cost: str = "filters"  # rank by relevance / what a channel's removal saves: filters, macs, latency
     profile_backend: str | None = None  # --cost latency: the runtime the per-layer profile is measured on
     head_rule: str = "epsilon"
@@ -109,6 +112,7 @@ class PruneConfig:
             raise InputError("--signal refit: needs --refit-head and --head-solver ridge")
         if self.rate is None:
             self.rate = 0.9 if budget else 0.3
+        self.check_holdout()
         if not 0.0 < self.rate < 1.0:
             raise InputError(f"--rate {self.rate}: must be between 0 and 1 (a fraction of conv filters)")
         if not 0.0 < self.step <= 1.0:
@@ -129,6 +133,16 @@ class PruneConfig:
             self.controller_config()
             if self.signal not in SIGNALS:
                 raise InputError(f"--signal {self.signal}: choose from {', '.join(SIGNALS)}")
+
+    def check_holdout(self) -> None:
+        held_out = self.max_drop is not None and self.signal == "refit" and self.method != "dpx"
+        if isinstance(self.holdout_folds, bool) or not isinstance(self.holdout_folds, int) or self.holdout_folds < 0 \
+                or self.holdout_folds == 1:
+            raise InputError(f"--holdout-folds {self.holdout_folds}: must be 0 (off) or an integer >= 2")
+        if self.holdout_folds and not held_out:
+            raise InputError(f"--holdout-folds {self.holdout_folds}: cross-validates the budget's estimate: needs "
+                             "--max-drop, the re-fitted ridge head and a method other than dpx (the controller "
+                             "judges its candidates in-sample)")
 
     def controller_config(self) -> ControllerConfig:
         return ControllerConfig(s_max=self.step, s_min_units=self.s_min_units, delta=self.delta, tau=self.tau,

@@ -84,12 +84,16 @@ def _ridge(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 
 class Compensation:
     """Holds the dense outputs of every compensable layer on the small set (from the activation cache) and
-    re-fits layers after they lost input channels."""
+    re-fits layers after they lost input channels.
 
-    def __init__(self, cache: HeadInputCache, skip: set[nn.Module]):
+    `fit_images`: the images (indices into the cache's) the fits use, default all; `dense`: the dense
+    outputs by node name, from another Compensation of a copy of the same model (shared, not copied)."""
+
+    def __init__(self, cache: HeadInputCache, skip: set[nn.Module], fit_images: torch.Tensor | None = None,
+                 dense: dict[str, torch.Tensor] | None = None):
         if cache.nodes is None:
             raise InputError("--compensate: needs a model that torch.fx can trace (its activations are cached)")
-        self.cache, self.skip = cache, skip
+        self.cache, self.skip, self.fit_images = cache, skip, fit_images
         self.node_of: dict[nn.Module, fx.Node] = {}
         self.dense: dict[nn.Module, torch.Tensor] = {}
         for node in cache.nodes:
@@ -97,8 +101,12 @@ class Compensation:
                 module = cache.modules[node.target]
                 if compensable(module) and module not in skip and len(node.args) == 1:
                     self.node_of[module] = node
-                    self.dense[module] = cache.values[node].detach().clone()
+                    self.dense[module] = dense[node.target] if dense is not None \
+                        else cache.values[node].detach().clone()
         self.generator = torch.Generator().manual_seed(0)
+
+    def dense_outputs(self) -> dict[str, torch.Tensor]:
+        return {node.target: self.dense[module] for module, node in self.node_of.items()}
 
     @torch.no_grad()
     def __call__(self, modules: list[nn.Module], kept_out: dict[nn.Module, list[int]]) -> list[nn.Module]:
@@ -112,6 +120,8 @@ class Compensation:
             node = self.node_of[module]
             x = self.cache.values[node.args[0]]
             dense = self.dense[module]
+            if self.fit_images is not None:
+                x, dense = x[self.fit_images], dense[self.fit_images]
             keep = kept_out.get(module)
             if keep is not None:
                 dense = dense[:, keep] if not isinstance(module, nn.Linear) else dense[..., keep]

@@ -54,16 +54,17 @@ def torch_latency_ms(model: nn.Module, example: torch.Tensor, runs: int = 20) ->
     return float(np.median(times) * 1000)
 
 
-def filter_scores(method: str, model: nn.Module, task: Task, config: PruneConfig, progress: bool,
-                  generator: torch.Generator, sample_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """The scores of `method` (scoring.SCORERS) on the small set, with a progress bar for relevance passes."""
-    bar = tqdm(total=len(task.small_x), desc="relevance pass", unit="img", leave=False,
+def filter_scores(method: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: PruneConfig,
+                  progress: bool, generator: torch.Generator,
+                  sample_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The scores of `method` (scoring.SCORERS) on `images`, with a progress bar for relevance passes."""
+    bar = tqdm(total=len(images), desc="relevance pass", unit="img", leave=False,
                disable=not progress or method != "lrp")
     options = ScoreOptions(batch_size=config.batch_size, head_rule=config.head_rule,
                            allow_fallback=config.allow_fallback, sample_weights=sample_weights,
                            generator=generator, progress=bar.update)
     try:
-        return SCORERS[method](model, task.small_x, task.small_y, options)
+        return SCORERS[method](model, images, labels, options)
     finally:
         bar.close()
 
@@ -116,8 +117,10 @@ def curve_point(state: PruningState) -> dict:
         "small_set_accuracy": small["accuracy"],
         "small_set_harmonic_mean": small["harmonic_mean"],
         "torch_latency_ms": torch_latency_ms(model, example[:1]),
-        "estimate": state.estimator.estimate(),  # small set only: what a budget decides by
+        "estimate": state.decider.estimate(),  # small set only: what a budget decides by
     }
+    if state.holdout is not None:  # beside it, the leave-one-out estimate of the head alone
+        point["in_sample_estimate"] = state.estimator.estimate()
     if state.config.ablations:
         point["ablations"] = ablation_accuracies(model, task)
     return point
@@ -141,7 +144,7 @@ def prune_with_controller(task: Task, config: PruneConfig, progress: bool = True
 
     def scorer():
         weights = state.signal.sample_weights() if config.class_weighted else None
-        return filter_scores("lrp", model, task, config, progress, torch.Generator(), weights)
+        return filter_scores("lrp", model, task.small_x, task.small_y, config, progress, torch.Generator(), weights)
 
     state.scorer, state.record = scorer, record
     bar = tqdm(total=round(100 * config.rate), desc="pruning (dpx)", unit="%", disable=not progress)
@@ -170,6 +173,11 @@ def prune(task: Task, config: PruneConfig, progress: bool = True) -> PruneResult
     state = PruningState(task, config)
     graph = state.graph
     generator = torch.Generator().manual_seed(config.seed)
+    shadow_generator = torch.Generator().manual_seed(config.seed + 1)
+
+    def shadow_scores(shadow, images, labels):
+        return filter_scores(config.method, shadow, images, labels, config, False, shadow_generator)
+
     target = check_reachable(graph, int(round(config.rate * graph.original_filters)), config)
     ends = step_ends(config.step, graph.original_filters, target)
     curve = [curve_point(state)]
@@ -183,7 +191,7 @@ def prune(task: Task, config: PruneConfig, progress: bool = True) -> PruneResult
         if goal <= 0:  # chunks larger than a step: the last one already went past this step's end
             bar.update(1)
             continue
-        scores = filter_scores(config.method, model, task, config, progress, generator)
+        scores = filter_scores(config.method, model, task.small_x, task.small_y, config, progress, generator)
         passes += config.method == "lrp"
         groups = graph.groups()
         selection = select_channels(groups, scores, goal, config.round_to, state.costs(groups) if state.costs else None)
@@ -194,6 +202,8 @@ def prune(task: Task, config: PruneConfig, progress: bool = True) -> PruneResult
             )
         state.commit_selection(selection)
         removed = graph.original_filters - graph.filters
+        if state.holdout is not None:  # the shadows take the same step, each choosing on its own images
+            state.holdout.step(removed, shadow_scores, config.round_to)
         curve.append(curve_point(state))
         bar.update(1)
         bar.set_postfix(rate=f"{graph.pruned_fraction:.3f}", acc=f"{curve[-1]['accuracy']:.3f}", refresh=False)

@@ -37,7 +37,38 @@ def _per_class_mean(values: torch.Tensor, labels: torch.Tensor, num_classes: int
     return [float(values[labels == c].mean()) for c in range(num_classes)]
 
 
-class ControlSignal:
+def stratified_folds(labels: torch.Tensor, num_classes: int, folds: int) -> tuple[torch.Tensor, int]:
+    """Each image's fold (the i-th image of each class goes to fold i % folds), and the folds used: at
+    most the smallest class's count."""
+    folds = min(folds, int(torch.bincount(labels, minlength=num_classes).min()))
+    fold = torch.empty_like(labels)
+    for c in range(num_classes):
+        where = torch.nonzero(labels == c).flatten()
+        fold[where] = torch.arange(len(where)) % max(folds, 1)
+    return fold, folds
+
+
+class Estimate:
+    """Per-class values on the small set (`per_class`), read as accuracy and harmonic mean."""
+
+    labels: torch.Tensor
+    num_classes: int
+
+    def per_class(self) -> list[float]:
+        raise NotImplementedError
+
+    def estimate(self, per_class: list[float] | None = None) -> dict:
+        """Accuracy and harmonic mean of class accuracies, from `per_class` (default: the model as it is)."""
+        per_class = self.per_class() if per_class is None else per_class
+        return {"accuracy": self.accuracy(per_class), "harmonic_mean": harmonic_mean(per_class)}
+
+    def accuracy(self, per_class: list[float]) -> float:
+        """The overall accuracy that per-class values of this kind stand for (images per class weigh)."""
+        counts = torch.bincount(self.labels, minlength=self.num_classes).double()
+        return float((torch.tensor(per_class, dtype=torch.float64) * counts).sum() / counts.sum())
+
+
+class ControlSignal(Estimate):
     def __init__(self, kind: str, model: nn.Module, head_name: str, images: torch.Tensor, labels: torch.Tensor,
                  num_classes: int, folds: int = 5, alpha: float | None = None,
                  head_inputs: HeadInputCache | None = None):
@@ -52,15 +83,9 @@ class ControlSignal:
             if kind == "refit" and alpha is None:
                 raise InputError("--signal refit: needs the ridge head's alpha (use --head-solver ridge)")
             return
-        shots = int(torch.bincount(labels, minlength=num_classes).min())
-        folds = min(folds, shots)
+        self.fold, folds = stratified_folds(labels, num_classes, folds)
         if folds < 2:
-            raise InputError(f"--signal {kind}: needs at least 2 images per class to cross-fit, a class has {shots}")
-        # Stratified folds: the i-th image of each class goes to fold i % folds.
-        self.fold = torch.empty_like(labels)
-        for c in range(num_classes):
-            where = torch.nonzero(labels == c).flatten()
-            self.fold[where] = torch.arange(len(where)) % folds
+            raise InputError(f"--signal {kind}: needs at least 2 images per class to cross-fit, a class has {folds}")
         features = self.head_inputs()
         heads = [fit_linear(features[self.fold != k], labels[self.fold != k], num_classes) for k in range(folds)]
         self.weight = torch.stack([h.weight.detach() for h in heads])  # (folds, classes, features)
@@ -73,10 +98,6 @@ class ControlSignal:
             keep = torch.ones(len(self.kept), dtype=torch.bool)
             keep[positions] = False
             self.kept = self.kept[keep]
-
-    def refresh(self, changed: set[nn.Module] | None = None) -> None:
-        """After a commit changed the modules `changed` for good (None: any of them)."""
-        self.head_inputs.refresh(changed)
 
     def __call__(self, masked_inputs: list[int] = (), changed: set[nn.Module] = frozenset(),
                  zeroed: Zeroed | None = None) -> float:
@@ -108,16 +129,6 @@ class ControlSignal:
             values = logits.softmax(1)[torch.arange(len(self.labels)), self.labels]
         return _per_class_mean(values, self.labels, self.num_classes)
 
-    def estimate(self, per_class: list[float] | None = None) -> dict:
-        """Accuracy and harmonic mean of class accuracies, from `per_class` (default: the model as it is)."""
-        per_class = self.per_class() if per_class is None else per_class
-        return {"accuracy": self.accuracy(per_class), "harmonic_mean": harmonic_mean(per_class)}
-
-    def accuracy(self, per_class: list[float]) -> float:
-        """The overall accuracy that per-class values of this signal's kind stand for (images per class weigh)."""
-        counts = torch.bincount(self.labels, minlength=self.num_classes).double()
-        return float((torch.tensor(per_class, dtype=torch.float64) * counts).sum() / counts.sum())
-
     def sample_weights(self, floor: float = 0.05) -> torch.Tensor:
         """docs/method.md's class-weighted variant: each sample's starting relevance 1 / (its class's value),
         so that filters the weakest classes rely on rank higher; scaled to mean 1 (the total is unchanged)."""
@@ -130,12 +141,12 @@ class AccuracyBudget:
     """`--max-drop D`: a state is within budget while its small-set estimates of accuracy AND of the harmonic
     mean of class accuracies are each at least the dense model's estimate minus D.
 
-    The estimate is `estimator`'s (never the test set): leave-one-out with a re-fitted head (`refit`),
-    heads cross-fitted on the dense features (`crossfit-accuracy`, the head not re-fitted), or the kept
+    The estimate is `estimator`'s (never the test set): cross-validated over the whole procedure (holdout.py,
+    --holdout-folds), leave-one-out with a re-fitted head (`refit`), heads cross-fitted on the dense features (`crossfit-accuracy`, the head not re-fitted), or the kept
     head's own accuracy (`small-accuracy` with --head keep: that head never saw these images).
     """
 
-    def __init__(self, estimator: ControlSignal, max_drop: float, classes: list[str]):
+    def __init__(self, estimator: Estimate, max_drop: float, classes: list[str]):
         self.estimator, self.max_drop = estimator, max_drop
         self.dense = self.estimate(estimator.per_class())
         if self.dense["harmonic_mean"] <= 0:

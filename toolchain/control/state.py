@@ -19,6 +19,7 @@ from ..surgery.costs import channel_costs
 from ..task import Task
 from .compensation import Compensation
 from .controller import Unit
+from .holdout import HeldOutEstimate, apply_selection
 from .signals import AccuracyBudget, ControlSignal
 
 
@@ -54,8 +55,6 @@ class PruningState:
         if config.method == "dpx" and config.signal != kind and config.max_drop is None:
             self.signal = ControlSignal(config.signal, model, task.head_name, task.small_x, task.small_y, classes,
                                         alpha=task.head_alpha, head_inputs=self.estimator.head_inputs)
-        self.budget = AccuracyBudget(self.estimator, config.max_drop, task.classes) \
-            if config.max_drop is not None else None
         self.dense_macs = self.macs()
         if config.max_macs is not None:
             check_macs_reachable(graph, config, self.example, self.dense_macs)
@@ -66,6 +65,14 @@ class PruningState:
             profile = layer_latency_profile(model, self.example[:1], config.profile_backend)
         self.costs = channel_costs(config.cost, graph, self.example, profile)
         self.compensation = Compensation(self.estimator.head_inputs, skip={self.head}) if config.compensate else None
+        # What a budget decides by: the estimate cross-validated over the whole procedure, where asked for.
+        self.holdout = HeldOutEstimate(
+            model, graph, task.head_name, task.small_x, task.small_y, classes, config.holdout_folds,
+            config.head_solver, task.head_alpha, self.compensation,
+            lambda shadow: channel_costs(config.cost, shadow, self.example, profile)) if config.holdout_folds else None
+        self.decider = self.holdout or self.estimator
+        self.budget = AccuracyBudget(self.decider, config.max_drop, task.classes) \
+            if config.max_drop is not None else None
         self.scores: dict[str, torch.Tensor] = {}
         self.scorer = None  # set by the caller: () -> filter scores of the current model
         self.record = lambda: None  # called after every commit
@@ -90,7 +97,7 @@ class PruningState:
         return self.budget.slack(per_class) if self.budget is not None else harmonic_mean(per_class)
 
     def within_budget(self) -> bool:
-        return self.budget is None or self.budget.slack(self.estimator.per_class()) >= 0
+        return self.budget is None or self.budget.slack(self.decider.per_class()) >= 0
 
     def snapshot(self) -> tuple[nn.Module, dict[str, list[int]]]:
         return copy.deepcopy(self.task.model), copy.deepcopy(self.graph.kept)
@@ -105,15 +112,10 @@ class PruningState:
 
     def commit_selection(self, selection: dict[str, list[int]]) -> None:
         positions = self.head_inputs(selection)
-        readers = [consumer for consumer, _ in self.graph.readers(selection)] if self.compensation else []
         for signal in {id(s): s for s in (self.estimator, self.signal)}.values():
             signal.drop_inputs(positions)
-        for root, channels in selection.items():
-            self.graph.prune(root, channels)
-        self.estimator.refresh(self.graph.take_pruned_modules())  # the signals share one activation cache
-        if readers:
-            names = self.graph.names
-            self.compensation(readers, {m: self.graph.kept[names[m]] for m in readers if names[m] in self.graph.kept})
+        # The signals share one activation cache.
+        apply_selection(self.graph, self.estimator.head_inputs, self.compensation, selection)
         if self.refit:  # the next relevance pass and every later estimate read the re-fitted head
             refit_linear(self.head, self.estimator.head_inputs(), self.task.small_y, len(self.task.classes),
                          self.config.head_solver, self.task.head_alpha)
