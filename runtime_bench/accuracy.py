@@ -166,7 +166,8 @@ def compare_with_reference(
     batch_size: int = 32,
 ) -> dict[str, Any]:
     """Accuracy of `candidate` (e.g. an FP16 engine) next to `reference` (e.g. the FP32 ONNX model) on the
-    same images: both accuracies, the delta candidate - reference, top-1 agreement, largest logit difference."""
+    same images: both accuracies and harmonic means of class accuracies, the deltas candidate - reference
+    (overall and per class), top-1 agreement, largest logit difference."""
     ref = evaluate(reference, images, labels, num_classes, batch_size, return_logits=True)
     cand = evaluate(candidate, images, labels, num_classes, batch_size, return_logits=True)
     ref_logits, cand_logits = ref.pop("logits"), cand.pop("logits")
@@ -176,7 +177,10 @@ def compare_with_reference(
         "per_class": cand["per_class"],
         "reference_accuracy": ref["accuracy"],
         "reference_harmonic_mean": ref["harmonic_mean"],
+        "reference_per_class": ref["per_class"],
         "accuracy_delta": cand["accuracy"] - ref["accuracy"],
+        "harmonic_mean_delta": cand["harmonic_mean"] - ref["harmonic_mean"],
+        "per_class_delta": [c - r for c, r in zip(cand["per_class"], ref["per_class"])],
         "top1_agreement": top1_agreement(ref_logits, cand_logits),
         "max_abs_logit_diff": float(np.max(np.abs(ref_logits - cand_logits))),
         "count": cand["count"],

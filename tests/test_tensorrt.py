@@ -734,10 +734,11 @@ def test_engines_of_a_deploy_folder_are_measured_and_bundled(cnn_path, real_imag
     measured = evaluate_engines(built, test, labels, CLASSES, bench, progress=False, trt=trt, cudart=cudart)
     for label, accuracy in measured["accuracy"].items():
         assert accuracy["top1_agreement"] == 1.0 and accuracy["accuracy_delta"] == 0.0, label
+        assert accuracy["per_class_delta"] == [0.0] * CLASSES and accuracy["harmonic_mean_delta"] == 0.0, label
     assert measured["benchmarks"]["fp16"]["comparison"]["baseline"] == "dense"
     table = tensorrt_table(measured)
     assert len(table) == 6 + len(built) and "CUDA events" in table[2]
-    assert all(row.count(" | ") == 7 for row in table[4:])
+    assert all(row.count(" | ") == 9 for row in table[4:])
 
     manifest = {"classes": ["blue", "green", "red"], "preprocessing": {"image_size": SIZE}, "source": {},
                 "curve": [{"rate": 0.0}]}

@@ -219,16 +219,18 @@ def tensorrt_table(engines: dict) -> list:
     lines = [f"## TensorRT engines ({first['gpu']}, TensorRT {first['tensorrt_version']})", "",
              "Latency as trtexec defines it: H2D + GPU compute + D2H, timed with CUDA events; wall clock: the same "
              "calls timed on the host.", "",
-             "| engine | how | accuracy | vs FP32 ONNX | top-1 agreement | latency p50 / p99 (ms) | GPU compute p50 "
-             "(ms) | wall clock p50 (ms) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| engine | how | accuracy | vs FP32 ONNX | harmonic mean (vs FP32) | largest class drop | top-1 agreement "
+             "| latency p50 / p99 (ms) | GPU compute p50 (ms) | wall clock p50 (ms) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for label, record in engines["engines"].items():
         accuracy = engines["accuracy"][label]
         model = "dense" if label.startswith("dense-") else "pruned"
         entry = engines["benchmarks"][record["precision"]]["models"][model]
         events, wall = entry["gpu_events"], entry["latency"]
         lines.append(f"| {label} | {record['method']} | {_pct(accuracy['accuracy'])} | "
-                     f"{100 * accuracy['accuracy_delta']:+.1f} pt | {accuracy['top1_agreement']:.3f} | "
+                     f"{100 * accuracy['accuracy_delta']:+.1f} pt | {accuracy['harmonic_mean']:.3f} "
+                     f"({100 * accuracy['harmonic_mean_delta']:+.1f} pt) | "
+                     f"{max(0.0, -100 * min(accuracy['per_class_delta'])):.0f} pt | {accuracy['top1_agreement']:.3f} | "
                      f"{events['latency']['p50_ms']:.3f} / {events['latency']['p99_ms']:.3f} | "
                      f"{events['compute']['p50_ms']:.3f} | {wall['p50_ms']:.3f} |")
     return lines
