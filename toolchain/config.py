@@ -112,7 +112,7 @@ class PruneConfig:
             raise InputError("--signal refit: needs --refit-head and --head-solver ridge")
         if self.rate is None:
             self.rate = 0.9 if budget else 0.3
-        self.check_holdout()
+        self._check_holdout()
         if not 0.0 < self.rate < 1.0:
             raise InputError(f"--rate {self.rate}: must be between 0 and 1 (a fraction of conv filters)")
         if not 0.0 < self.step <= 1.0:
@@ -134,7 +134,7 @@ class PruneConfig:
             if self.signal not in SIGNALS:
                 raise InputError(f"--signal {self.signal}: choose from {', '.join(SIGNALS)}")
 
-    def check_holdout(self) -> None:
+    def _check_holdout(self) -> None:
         held_out = self.max_drop is not None and self.signal == "refit" and self.method != "dpx"
         if isinstance(self.holdout_folds, bool) or not isinstance(self.holdout_folds, int) or self.holdout_folds < 0 \
                 or self.holdout_folds == 1:
