@@ -40,24 +40,26 @@ CALIBRATED = {"int8, head + first + depthwise in float": ("head", "first", "dept
 PROFILE_RUNS = 200
 
 
-def op_times(path: pathlib.Path, image: np.ndarray, threads: int | None) -> dict:
-    """{op type: microseconds per run} from ONNX Runtime's profiler, the harness's session settings."""
-    import onnxruntime as ort
+class ProfiledOrtCpu(OrtCpuBackend):
+    """The harness's ONNX Runtime CPU session, with ONNX Runtime's profiler on."""
 
-    with tempfile.TemporaryDirectory() as work:
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
+    def __init__(self, model_path: pathlib.Path, threads: int | None, prefix: pathlib.Path) -> None:
+        self._prefix = prefix
+        super().__init__(model_path, threads=threads)
+
+    def _open_session(self, ort, options):
         options.enable_profiling = True
-        options.profile_file_prefix = str(pathlib.Path(work) / "profile")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        feed = {session.get_inputs()[0].name: image}
+        options.profile_file_prefix = str(self._prefix)
+        return super()._open_session(ort, options)
+
+
+def op_times(path: pathlib.Path, image: np.ndarray, threads: int | None) -> dict:
+    """{op type: microseconds per run} from ONNX Runtime's profiler, with the harness's session settings."""
+    with tempfile.TemporaryDirectory() as work:
+        backend = ProfiledOrtCpu(path, threads, pathlib.Path(work) / "profile")
         for _ in range(PROFILE_RUNS):
-            session.run(None, feed)
-        events = json.loads(pathlib.Path(session.end_profiling()).read_text())
+            backend.run(image)
+        events = json.loads(pathlib.Path(backend._session.end_profiling()).read_text())
     totals: collections.Counter = collections.Counter()
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
