@@ -52,6 +52,13 @@ VARIANTS = {
     "percentile-99.999/asymmetric/head-float/layers-only": (Int8Settings(keep_float=("head",), ops="layers"),
                                                             "ort-cpu"),
     "percentile-99.999/asymmetric/head-float/flipped-views": (Int8Settings(keep_float=("head",)), "ort-cpu"),
+    "percentile-99.999/asymmetric/bias-corrected": (Int8Settings(keep_float=NONE, bias_correction=True), "ort-cpu"),
+    "percentile-99.999/asymmetric/head-float/bias-corrected": (
+        Int8Settings(keep_float=("head",), bias_correction=True), "ort-cpu"),
+    "percentile-99.999/asymmetric/head+first+depthwise-float/bias-corrected": (
+        Int8Settings(keep_float=("head", "first", "depthwise"), bias_correction=True), "ort-cpu"),
+    "tensorrt-previous/bias-corrected": (Int8Settings(calibration="minmax", activations="symmetric", keep_float=NONE,
+                                                      bias_correction=True), "tensorrt"),
 }
 
 
@@ -82,7 +89,7 @@ def run_variant(fp32: pathlib.Path, variant: str, small: tuple, test: tuple, cla
 
 
 def markdown(result: dict) -> str:
-    commands = sorted({entry.get("command", result["command"]) for entry in result["models"].values()})
+    commands = list(dict.fromkeys(c for entry in result["models"].values() for c in entry["commands"]))
     lines = [f"Commands: {', '.join(f'`{c}`' for c in commands)}; ONNX Runtime {result['onnxruntime']} on the CPU, "
              "calibrated on the "
              "small set (100 images), 1,000 test images. Drops are FP32 minus INT8, in points; estimate: the export "
@@ -115,7 +122,7 @@ def main(argv=None) -> int:
 
     target = pathlib.Path(args.json)
     result = {"command": "python benchmarks/int8_levers.py " + " ".join(a for a in (argv or sys.argv[1:])
-                                                                       if a != "--resume"),
+                                                                       if a not in ("--resume", "--no-readme")),
               "onnxruntime": onnxruntime.__version__, "models": {}}
     if args.resume and target.is_file():
         result["models"] = json.loads(target.read_text())["models"]
@@ -130,7 +137,10 @@ def main(argv=None) -> int:
             logits = next(iter(run_outputs(fp32, test[0], [output_name(fp32)]).values()))
             entry = result["models"].setdefault(key, {"runs": {}})
             entry["fp32"] = class_metrics(logits.argmax(1), test[1], classes)
-            entry["command"] = result["command"]
+            # Every command that added rows to this model's table (a --resume run adds to it).
+            commands = entry.setdefault("commands", [entry.pop("command")] if "command" in entry else [])
+            if result["command"] not in commands:
+                commands.append(result["command"])
             fp32_test = dict(entry["fp32"], logits=logits)
             gate = Int8Gate(fp32, small[0], small[1], classes, head_fitted=manifest["config"].get("head") == "fit")
             for variant in args.variants.split(","):

@@ -51,6 +51,9 @@ class Int8Settings:
     # "layers": only Conv/Gemm/MatMul inputs (float in between)
     keep_float: tuple = ("head", "first", "depthwise")  # layer classes (LAYER_CLASSES) left in float
     keep_nodes: tuple = field(default=())  # and these nodes by name (mixed precision from sensitivity)
+    # Empirical bias correction: every layer's bias shifted by its mean output error (INT8 minus FP32, per
+    # output channel, over the calibration images), so that clipping and rounding do not move the means.
+    bias_correction: bool = False
 
     def check(self) -> Int8Settings:
         if self.calibration not in CALIBRATIONS:
@@ -175,10 +178,95 @@ def quantize_int8(onnx_path: Any, out_path: Any, calibration_images: np.ndarray,
                             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                             weight_type=QuantType.QInt8, op_types_to_quantize=ops, nodes_to_exclude=keep,
                             extra_options=extra)
+        if settings.bias_correction:
+            correct_biases(model, target_path, images, input_name)
         with atomic_output(out_path) as tmp:
             shutil.copyfile(target_path, tmp)
     quantized = [n for n in layer_classes(model)["quantizable"] if n not in keep]
     return {"target": target, "settings": settings.describe(), "kept_float": keep, "quantized": quantized}
+
+
+def _bias_of(graph: onnx.GraphProto, node: onnx.NodeProto) -> tuple | None:
+    """(the bias initializer, the per-channel scale of its values) of a Conv/Gemm, read through the
+    DequantizeLinear of an int32 bias; None without a bias initializer."""
+    if len(node.input) < 3 or not node.input[2]:
+        return None
+    initializers = {t.name: t for t in graph.initializer}
+    if node.input[2] in initializers:
+        return initializers[node.input[2]], 1.0
+    producer = next((n for n in graph.node if node.input[2] in n.output), None)
+    if producer is None or producer.op_type != "DequantizeLinear" or producer.input[0] not in initializers:
+        return None
+    scale = onnx.numpy_helper.to_array(initializers[producer.input[1]])
+    return initializers[producer.input[0]], scale
+
+
+def _cpu_session(model: onnx.ModelProto):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _channel_means(session, images: np.ndarray, input_name: str, tensors: Sequence[str], feeds: dict) -> list:
+    """Per-channel means (axis 1; over images and positions) of `tensors` when `session` runs `images`."""
+    sums, shapes = [0.0] * len(tensors), []
+    for start in range(0, len(images), CALIBRATION_BATCH):
+        values = session.run(list(tensors), {input_name: images[start : start + CALIBRATION_BATCH], **feeds})
+        sums = [s + v.astype(np.float64).swapaxes(0, 1).reshape(v.shape[1], -1).sum(1) for s, v in zip(sums, values)]
+        shapes = [v.shape for v in values]
+    return [s / (len(images) * int(np.prod(shape[2:]))) for s, shape in zip(sums, shapes)]
+
+
+def correct_biases(fp32: onnx.ModelProto, qdq_path: Any, images: np.ndarray, input_name: str) -> None:
+    """Empirical bias correction of the Q/DQ model at `qdq_path`, in place: each Conv/Gemm's bias less the
+    mean, per output channel, of its output's error against the FP32 model on `images` (Nagel et al. 2019,
+    "Data-free quantization", section 4.2 with data). Layer by layer in graph order, each measured with the
+    layers above it already corrected: correcting all at once overshoots, since a layer's error is partly
+    its inputs'. Quantized biases are edited in their int32 steps."""
+    qdq = onnx.load(str(qdq_path))
+    # A layer's output in the Q/DQ model is the FP32 model's tensor of the same name, or that name before a
+    # QuantizeLinear. Where the quantizer dropped a following Relu/Clip (its uint8 range clips instead), the
+    # layer takes over the activation's output name but not its values: compare after the Q/DQ pair then.
+    fp32_tensors = {o for n in fp32.graph.node for o in n.output}
+    consumers = {n.input[0]: n for n in qdq.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
+    layers = []  # (bias initializer, its scale, the tensor measured in the Q/DQ model, the FP32 tensor)
+    for node in qdq.graph.node:
+        bias = _bias_of(qdq.graph, node) if node.op_type in QUANTIZED_OPS else None
+        name = node.output[0].removesuffix("_QuantizeLinear_Input")
+        if bias is None or name not in fp32_tensors or bias[0].name in {b.name for b, *_ in layers}:
+            continue
+        measured = node.output[0]
+        quantize = consumers.get(measured)
+        if quantize is not None and quantize.op_type == "QuantizeLinear" and quantize.output[0] in consumers:
+            measured = consumers[quantize.output[0]].output[0]
+        layers.append((*bias, measured, name))
+    if not layers:
+        return
+    reference = _channel_means(_cpu_session(with_outputs(fp32, [f for *_, f in layers])), images, input_name,
+                               [f for *_, f in layers], {})
+    # The biases become inputs of one probe session, so that every step runs with the biases corrected so far.
+    values = {tensor.name: onnx.numpy_helper.to_array(tensor) for tensor, *_ in layers}
+    probe = with_outputs(qdq, [m for _, _, m, _ in layers])
+    kept = [t for t in probe.graph.initializer if t.name not in values]
+    del probe.graph.initializer[:]
+    probe.graph.initializer.extend(kept)
+    probe.graph.input.extend(onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(v.dtype),
+                                                                v.shape) for n, v in values.items())
+    session = _cpu_session(probe)
+    for (tensor, scale, measured, _), want in zip(layers, reference):
+        [mean] = _channel_means(session, images, input_name, [measured], values)
+        bias = values[tensor.name]
+        shift = (mean - want) / scale
+        if bias.dtype.kind == "i":
+            info = np.iinfo(bias.dtype)
+            values[tensor.name] = np.clip(np.round(bias - shift), info.min, info.max).astype(bias.dtype)
+        else:
+            values[tensor.name] = (bias - shift).astype(bias.dtype)
+    for tensor, *_ in layers:
+        tensor.CopyFrom(onnx.numpy_helper.from_array(values[tensor.name], tensor.name))
+    onnx.save(qdq, str(qdq_path))
 
 
 def float_ops(int8_path: Any, kept: Sequence[str] = ()) -> dict:

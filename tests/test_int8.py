@@ -165,3 +165,30 @@ def test_float_ops_name_what_onnx_runtime_runs_in_float(exported, tmp_path):
     op_types = {n.op_type for n in onnx.load(str(exported / "model.onnx")).graph.node}
     assert set(found["layers"]) <= op_types and "Conv" not in found["layers"]
     assert sum(found["layers"].values()) > sum(found["all"].values())  # layers-only leaves float islands between
+
+
+def test_bias_correction_takes_out_the_mean_error_and_changes_only_biases(exported, tmp_path):
+    images, _ = _small(exported)
+    source = exported / "model.onnx"
+    output = onnx.load(str(source)).graph.output[0].name
+    fp32 = run_outputs(source, images, [output])[output]
+    errors, models = {}, {}
+    for corrected in (False, True):
+        path = tmp_path / f"corrected-{corrected}.onnx"
+        # Ranges clipped at the 90th percentile: clipping shifts every layer's mean output.
+        quantize_int8(source, path, images, Int8Settings(percentile=90.0, keep_float=(), bias_correction=corrected))
+        models[corrected] = onnx.load(str(path))
+        logits = run_outputs(path, images, [output])[output]
+        errors[corrected] = float(np.abs((logits - fp32).mean(0)).max())  # the worst class's mean logit error
+    assert errors[True] < 0.5 * errors[False], errors  # not all: the logits themselves are clipped too
+    plain, fixed = models[False], models[True]
+    assert [(n.op_type, list(n.input)) for n in plain.graph.node] == [(n.op_type, list(n.input)) for n in fixed.graph.node]
+    changed = {t.name for t, u in zip(plain.graph.initializer, fixed.graph.initializer)
+               if not np.array_equal(numpy_helper.to_array(t), numpy_helper.to_array(u))}
+    producers = {o: n for n in fixed.graph.node for o in n.output}
+    biases = set()
+    for node in fixed.graph.node:
+        if node.op_type in ("Conv", "Gemm") and len(node.input) > 2:
+            bias = producers.get(node.input[2])
+            biases.add(bias.input[0] if bias is not None else node.input[2])
+    assert changed and changed <= biases
